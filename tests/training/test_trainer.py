@@ -1,0 +1,121 @@
+"""The shared trainer on a tiny random BERT and a tiny BEIR folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tessera.errors import DataError
+from tessera.training.checkpoints import load_encoder
+from tessera.training.trainer import TrainConfig, Trainer
+
+TOPICS = ["cancer cells", "red fish", "blue sun", "dog tree", "water fire", "brain blood", "virus dna", "moon star"]
+
+
+def make_beir(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, topic in enumerate(TOPICS):
+        docs.append({"_id": f"d{i}", "title": topic, "text": f"the {topic} study of {topic} in human data"})
+        queries.append({"_id": f"q{i}", "text": f"what about {topic}"})
+        qrels.append(f"q{i}\td{i}\t1")
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+def config(tmp_path: Path, backbone: Path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path / "out"), data=str(make_beir(tmp_path / "data")), backbone=str(backbone), dim=16,
+                batch_size=4, negatives=1, negatives_from="bm25", max_steps=4, save_every=2, lora_rank=0,
+                doc_maxlen=32, query_maxlen=8, lr=1e-3, warmup=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path, tiny_bert_dir):
+    cfg = config(tmp_path, tiny_bert_dir, max_steps=30, lr=3e-3, projection_lr=3e-3)
+    trainer = Trainer(cfg)
+    batch = trainer._batches_for_step(0)[0]
+    with torch.no_grad():
+        trainer.encoder.model.eval()
+        before = trainer.objective.loss(trainer.encoder, batch)[0].item()
+    path = trainer.train()
+    with torch.no_grad():
+        trainer.encoder.model.eval()
+        after = trainer.objective.loss(trainer.encoder, batch)[0].item()
+    assert after < before * 0.7
+    loaded = load_encoder(str(path))
+    q = ["what about red fish"]
+    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q), atol=1e-5, rtol=1e-4)
+    saved = json.loads((tmp_path / "out" / "train_config.json").read_text())
+    assert saved["max_steps"] == 30 and saved["seed"] == 42
+
+
+def test_lora_training_saves_a_small_adapter_that_reloads(tmp_path, tiny_bert_dir):
+    cfg = config(tmp_path, tiny_bert_dir, lora_rank=4, lora_alpha=8)
+    trainer = Trainer(cfg)
+    path = trainer.train()
+    assert not (path / "backbone").exists()
+    tensors = load_file(str(path / "adapter.safetensors"))
+    assert tensors and all("lora_" in k for k in tensors)
+    loaded = load_encoder(str(path))
+    q = ["cancer cells"]
+    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q), atol=2e-3, rtol=1e-3)
+
+
+def test_same_seed_same_model(tmp_path, tiny_bert_dir):
+    a = Trainer(config(tmp_path / "a", tiny_bert_dir)).train()
+    b = Trainer(config(tmp_path / "b", tiny_bert_dir)).train()
+    wa = load_file(str(a / "projection.safetensors"))["weight"]
+    wb = load_file(str(b / "projection.safetensors"))["weight"]
+    torch.testing.assert_close(wa, wb)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_bert_dir):
+    full = Trainer(config(tmp_path / "full", tiny_bert_dir, max_steps=6, save_every=1)).train()
+    cfg = config(tmp_path / "killed", tiny_bert_dir, max_steps=6, save_every=1)
+    args = [sys.executable, "-m", "tessera.cli", "train", "--out", cfg.out, "--data", cfg.data, "--backbone",
+            cfg.backbone, "--dim", "16", "--batch-size", "4", "--negatives", "1", "--negatives-from", "bm25",
+            "--max-steps", "6", "--save-every", "1", "--lora-rank", "0", "--doc-maxlen", "32",
+            "--query-maxlen", "8", "--lr", "1e-3", "--warmup", "0"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = Path(cfg.out) / "state" / "trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = json.loads(state.read_text())["step"]
+    assert 2 <= step < 6, "the kill must land mid-run"
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    wa = load_file(str(full / "projection.safetensors"))["weight"]
+    wb = load_file(str(Path(cfg.out) / "model" / "projection.safetensors"))["weight"]
+    torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-5)
+
+
+def test_unlabelled_crops_train_without_qrels(tmp_path, tiny_bert_dir):
+    data = make_beir(tmp_path / "data")
+    (data / "qrels" / "train.tsv").unlink()
+    path = Trainer(config(tmp_path, tiny_bert_dir, data=str(data), pairs="crops", negatives=0)).train()
+    assert (path / "tessera.json").is_file()
+
+
+def test_bad_training_input_is_a_clear_error(tmp_path, tiny_bert_dir):
+    with pytest.raises(DataError, match="not found"):
+        Trainer(config(tmp_path, tiny_bert_dir, data=str(tmp_path / "missing")))
+    with pytest.raises(DataError, match="unknown objective"):
+        Trainer(config(tmp_path, tiny_bert_dir, objective="nope"))
+    with pytest.raises(DataError, match="no qrels for split"):
+        Trainer(config(tmp_path, tiny_bert_dir, split="dev"))

@@ -1,0 +1,59 @@
+"""``tessera train``: train a multi-vector model on a BEIR-layout folder."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from tessera.training.objectives import OBJECTIVES
+from tessera.training.trainer import TrainConfig, Trainer
+
+_HELP = {
+    "data": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
+    "out": "output folder: checkpoints, resume state, and the final model in OUT/model",
+    "objective": "training objective",
+    "pairs": "'qrels' (labelled queries) or 'crops' (two random crops of each document; no labels needed)",
+    "backbone": "Hugging Face checkpoint folder or hub id of the BERT-family backbone",
+    "init": "start from an existing multi-vector checkpoint (folder, hub id or 'default')",
+    "negatives": "hard negatives per query (plus in-batch negatives)",
+    "negatives_from": "hard-negative source: bm25, model, or bm25+model (model-mined ones replace BM25's "
+    "after --model-negatives-at of the run)",
+    "lora_rank": "LoRA rank over the backbone (0: fine-tune every weight)",
+    "teacher_scores": "TSV of query-id, doc-id, teacher score for KL distillation",
+    "grad_accum": "micro-batches per optimiser step",
+    "save_every": "steps between resumable checkpoints",
+    "device": "cpu or cuda",
+    "amp": "bf16 mixed precision on CUDA",
+    "threads": "torch CPU threads (default: torch's choice)",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a multi-vector model",
+        description="Train a multi-vector model. Re-running with the same --out resumes after a kill.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict = {"help": _HELP.get(f.name, f.name.replace("_", " ")), "dest": f.name}
+        if f.name == "out":
+            kwargs["required"] = True
+        if f.name == "objective":
+            kwargs["choices"] = sorted(OBJECTIVES)
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", **kwargs)
+            continue
+        typ = {"int": int, "float": float}.get(str(f.type).split(" | ")[0], str)
+        if f.name != "out":
+            kwargs["default"] = f.default
+        p.add_argument(flag, type=typ, **kwargs)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    path = Trainer(config).train()
+    print(path)
+    return 0
