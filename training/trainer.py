@@ -295,6 +295,6 @@ class Trainer:
 
             adapter = {"config": self.lora_config, "tensors": get_peft_model_state_dict(backbone), "fp16": True}
         path = save_checkpoint(self.encoder, self.out / "model", adapter=adapter,
-                               extra={"training": {"objective": c.objective, "config": "../train_config.json"}})
+                               extra={"training": asdict(c)})
         log.info("model written to %s", path)
         return path
