@@ -1,0 +1,469 @@
+"""MultiVectorIndex: the public face of the index engine (see notes/index_contract.md)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tessera.index import exact
+from tessera.index.codec import ResidualCodec
+from tessera.index.errors import IndexCorruptError, IndexExistsError
+from tessera.index.segment import Segment
+from tessera.index.snapshot import Snapshot
+from tessera.index.storage import MANIFEST, read_arrays, read_manifest, write_arrays, write_manifest
+from tessera.index.validation import check_documents, check_ids, check_k, check_params, check_queries
+
+from tessera.packed import PackedDocuments
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS: dict = {
+    "ncentroids": None,  # None: PLAID's 2^floor(log2(16 sqrt(vectors))) at first training
+    "kmeans_niter": 10,
+    "kmeans_points_per_centroid": 64,
+    "seed": 0,
+    "max_k": 100_000,
+    "max_segments": 8,  # more segments than this after an add triggers a merge of the small ones
+}
+_OWN_FILE = re.compile(r"^(seg-\d+\.seg|seg-\d+\.del-\d+|codec-\d+\.codec|\..+\.tmp-[0-9a-f]+)$")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+
+
+def _methods() -> dict:
+    from tessera.index import methods
+
+    return methods.METHODS
+
+
+class MultiVectorIndex:
+    """Compressed multi-vector index with exact, PLAID, XTR and PRF search; see the module docs."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        dim: int,
+        nbits: int,
+        device: str,
+        settings: dict,
+        snapshot: Snapshot,
+        next_segment: int = 0,
+        generation: int = 0,
+        codec_entry: dict | None = None,
+        tombstones: dict | None = None,
+    ) -> None:
+        self.path = path
+        self.dim = dim
+        self.nbits = nbits
+        self.device = torch.device(device)
+        self.settings = settings
+        self._snap = snapshot
+        self._lock = threading.RLock()
+        self._next_segment = next_segment
+        self._generation = generation
+        self._codec_entry = codec_entry
+        # segment name -> (alive mask object that was saved, its manifest entry or None)
+        self._tombstones: dict[str, tuple[torch.Tensor, dict | None]] = tombstones or {}
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, path: str | Path | None, dim: int, *, nbits: int = 2, device: str = "cpu", **settings
+    ) -> MultiVectorIndex:
+        """A new empty index; ``path=None`` keeps it in memory only."""
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if nbits not in (1, 2, 4):
+            raise ValueError(f"nbits must be 1, 2 or 4, got {nbits!r}")
+        if dim % (8 // nbits):
+            raise ValueError(f"dim {dim} must be a multiple of {8 // nbits} for {nbits}-bit codes")
+        unknown = set(settings) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"unknown index settings: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(DEFAULT_SETTINGS))})"
+            )
+        merged = {**DEFAULT_SETTINGS, **settings}
+        folder = None
+        if path is not None:
+            folder = Path(path)
+            if (folder / MANIFEST).exists():
+                raise IndexExistsError(f"an index already exists at {folder}; open it instead")
+            if folder.exists() and any(folder.iterdir()):
+                raise IndexExistsError(f"{folder} exists and is not empty; choose a new folder for the index")
+            folder.mkdir(parents=True, exist_ok=True)
+        index = cls(folder, dim, nbits, str(device), merged, Snapshot(None, (), (), {}))
+        if folder is not None:
+            index.flush()
+        return index
+
+    @classmethod
+    def open(cls, path: str | Path, device: str = "cpu", *, verify: bool = True) -> MultiVectorIndex:
+        """Open an index folder; every file is checked against the manifest (size, and sha256 if verify)."""
+        folder = Path(path)
+        man = read_manifest(folder)
+        try:
+            dim, nbits = int(man["dim"]), int(man["nbits"])
+            settings = {**DEFAULT_SETTINGS, **man["settings"]}
+            seg_entries = man["segments"]
+            codec_entry = man["codec"]
+            next_segment, generation = int(man["next_segment"]), int(man["generation"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"index file {MANIFEST} in {folder} is corrupt (missing {exc})") from None
+        codec = None
+        if codec_entry is not None:
+            meta, arrays = read_arrays(folder, codec_entry, verify)
+            codec = ResidualCodec.from_arrays(arrays, meta, device)
+        segments, alive, tombstones = [], [], {}
+        locations: dict[str, tuple[int, int]] = {}
+        for s, entry in enumerate(seg_entries):
+            seg = Segment.load(folder, entry["name"], entry["file"], verify)
+            if seg.n_docs != entry["n_docs"] or seg.n_vectors != entry["n_vectors"]:
+                raise IndexCorruptError(f"index file {entry['file']['file']} does not match the manifest")
+            mask = torch.ones(seg.n_docs, dtype=torch.bool)
+            tomb = entry.get("tombstones")
+            if tomb is not None:
+                _, t = read_arrays(folder, tomb, verify)
+                deleted = torch.from_numpy(t["deleted"].astype("int64"))
+                if deleted.numel() and (deleted.min() < 0 or deleted.max() >= seg.n_docs):
+                    raise IndexCorruptError(f"index file {tomb['file']} has out-of-range document numbers")
+                mask[deleted] = False
+            tombstones[seg.name] = (mask, tomb)
+            for i, doc_id in enumerate(seg.ids):
+                if mask[i]:
+                    locations[doc_id] = (s, i)
+            segments.append(seg)
+            alive.append(mask)
+        snap = Snapshot(codec, tuple(segments), tuple(alive), locations, generation)
+        return cls(
+            folder, dim, nbits, str(device), settings, snap, next_segment, generation, codec_entry, tombstones
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            if self.path is not None:
+                self.flush()
+            self._closed = True
+
+    def __enter__(self) -> MultiVectorIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the index is closed")
+
+    # -- reading ----------------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current immutable snapshot (searches started now see exactly this)."""
+        return self._snap
+
+    def __len__(self) -> int:
+        return len(self._snap.locations)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._snap.locations
+
+    def ids(self) -> list[str]:
+        return list(self._snap.locations)
+
+    def stats(self) -> dict:
+        snap = self._snap
+        codec = snap.codec
+        live_vectors = int((snap.lengths_all * snap.alive_all).sum()) if snap.segments else 0
+        stored = sum(s.n_vectors for s in snap.segments)
+        mem = sum(s.nbytes for s in snap.segments)
+        disk = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) if self.path else 0
+        per_vec = 4 + self.dim * self.nbits // 8
+        drift = None
+        if codec is not None and codec.train_error > 0 and stored:
+            drift = sum(s.error * s.n_vectors for s in snap.segments) / stored / codec.train_error
+        return {
+            "documents": len(snap.locations),
+            "vectors": live_vectors,
+            "stored_vectors": stored,
+            "tombstones": snap.total_docs - len(snap.locations),
+            "segments": len(snap.segments),
+            "dim": self.dim,
+            "nbits": self.nbits,
+            "ncentroids": codec.ncentroids if codec else 0,
+            "bytes_per_vector": per_vec,  # centroid id + packed residual
+            "bytes_per_vector_in_memory": mem / stored if stored else float(per_vec),
+            "bytes_per_vector_on_disk": disk / stored if stored and self.path else None,
+            "memory_bytes": mem,
+            "disk_bytes": disk,
+            "residual_drift": drift,
+            "generation": self._generation,
+            "device": str(self.device),
+            "path": str(self.path) if self.path else None,
+        }
+
+    def search(
+        self,
+        queries: torch.Tensor,
+        k: int = 10,
+        method: str = "plaid",
+        params: dict | None = None,
+        allowed_ids: Collection[str] | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k documents per query (a [nq, Lq, dim] or [Lq, dim] float tensor)."""
+        return self.search_with_stats(queries, k, method, params, allowed_ids)[0]
+
+    def search_with_stats(
+        self,
+        queries: torch.Tensor,
+        k: int = 10,
+        method: str = "plaid",
+        params: dict | None = None,
+        allowed_ids: Collection[str] | None = None,
+        query_weights: torch.Tensor | None = None,
+    ) -> tuple[list[list[Hit]], dict]:
+        """Like ``search``, also returning work counters of the method (candidates, dot products)."""
+        self._check_open()
+        methods = _methods()
+        if method not in methods:
+            raise ValueError(f"unknown search method {method!r} (known: {', '.join(methods)})")
+        impl = methods[method]
+        k = check_k(k, self.settings["max_k"])
+        q = check_queries(queries, self.dim)
+        params = check_params(method, params, impl.PARAMS)
+        if allowed_ids is not None:
+            allowed_ids = check_ids(
+                allowed_ids if isinstance(allowed_ids, str) else list(allowed_ids), "allowed_ids"
+            )
+        if query_weights is not None:
+            query_weights = torch.as_tensor(query_weights, dtype=torch.float32).reshape(
+                q.shape[0], q.shape[1]
+            )
+        snap = self._snap
+        stats: dict = {"method": method}
+        if snap.codec is None or not snap.locations or q.shape[0] == 0:
+            return [[] for _ in range(q.shape[0])], stats
+        mask = snap.mask(allowed_ids)
+        q = q.to(snap.codec.device)
+        scores, gidx = impl.search(snap, q, k, params, mask, query_weights=query_weights, stats=stats)
+        return self._hits(snap, scores, gidx), stats
+
+    @staticmethod
+    def _hits(snap: Snapshot, scores: torch.Tensor, gidx: torch.Tensor) -> list[list[Hit]]:
+        out = []
+        scores, gidx = scores.cpu(), gidx.cpu()
+        if gidx.numel():
+            seg_of, local = snap.locate(gidx.clamp_min(0))
+        for r in range(gidx.shape[0]):
+            row = []
+            for c in range(gidx.shape[1]):
+                s = float(scores[r, c])
+                if gidx[r, c] < 0 or s == float("-inf"):
+                    break
+                row.append(Hit(snap.segments[int(seg_of[r, c])].ids[int(local[r, c])], s))
+            out.append(row)
+        return out
+
+    def score(self, query: torch.Tensor, ids: Sequence[str]) -> list[Hit]:
+        """Exact MaxSim of one query against the given documents, best first (KeyError on unknown ids)."""
+        self._check_open()
+        q = check_queries(query, self.dim)
+        if q.shape[0] != 1:
+            raise ValueError(f"score() takes one query, got {q.shape[0]}")
+        ids = list(dict.fromkeys(check_ids(ids)))
+        snap = self._snap
+        missing = [x for x in ids if x not in snap.locations]
+        if missing:
+            shown = ", ".join(repr(x) for x in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise KeyError(f"{len(missing)} unknown document id(s): {shown}")
+        if not ids:
+            return []
+        gidx = snap.global_index(ids)
+        scores = exact.score_docs(snap, q.to(snap.codec.device), gidx)[0]
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        return [Hit(ids[i], float(scores[i])) for i in order]
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _train_codec(self, vectors: torch.Tensor) -> ResidualCodec:
+        s = self.settings
+        return ResidualCodec.train(
+            vectors,
+            self.nbits,
+            s["ncentroids"],
+            s["kmeans_niter"],
+            s["kmeans_points_per_centroid"],
+            s["seed"],
+            self.device,
+        )
+
+    def _new_segment_name(self) -> str:
+        name = f"seg-{self._next_segment:06d}"
+        self._next_segment += 1
+        return name
+
+    def add(self, ids: Sequence[str], docs: PackedDocuments) -> None:
+        """Add documents; an id that already exists is replaced (upsert)."""
+        self._check_open()
+        ids = check_documents(ids, docs, self.dim)
+        if not ids:
+            return
+        with self._lock:
+            snap = self._snap
+            codec = snap.codec if snap.codec is not None else self._train_codec(docs.vectors)
+            seg = Segment.build(self._new_segment_name(), ids, docs, codec)
+            alive = list(snap.alive)
+            locations = dict(snap.locations)
+            self._tombstone(ids, alive, locations)
+            n = len(snap.segments)
+            for j, doc_id in enumerate(ids):
+                locations[doc_id] = (n, j)
+            self._publish(
+                Snapshot(
+                    codec,
+                    (*snap.segments, seg),
+                    (*alive, torch.ones(len(ids), dtype=torch.bool)),
+                    locations,
+                    self._generation,
+                )
+            )
+            if len(self._snap.segments) > self.settings["max_segments"]:
+                self._merge_small()
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents by id; returns how many of them existed."""
+        self._check_open()
+        ids = check_ids(ids)
+        with self._lock:
+            snap = self._snap
+            alive = list(snap.alive)
+            locations = dict(snap.locations)
+            count = self._tombstone(ids, alive, locations)
+            if count:
+                self._publish(Snapshot(snap.codec, snap.segments, tuple(alive), locations, self._generation))
+            return count
+
+    @staticmethod
+    def _tombstone(ids: Sequence[str], alive: list[torch.Tensor], locations: dict) -> int:
+        copied: set[int] = set()
+        count = 0
+        for doc_id in ids:
+            loc = locations.pop(doc_id, None)
+            if loc is None:
+                continue
+            s, i = loc
+            if s not in copied:
+                alive[s] = alive[s].clone()
+                copied.add(s)
+            alive[s][i] = False
+            count += 1
+        return count
+
+    def _publish(self, snap: Snapshot) -> None:
+        self._snap = snap  # a single reference assignment: atomic for readers
+
+    def merge(self) -> None:
+        """Compact all segments into one, dropping deleted documents."""
+        self._check_open()
+        with self._lock:
+            self._merge(list(range(len(self._snap.segments))))
+
+    def _merge_small(self) -> None:
+        snap = self._snap
+        order = sorted(range(len(snap.segments)), key=lambda s: snap.segments[s].n_vectors)
+        keep = self.settings["max_segments"] // 2
+        self._merge(order[: max(2, len(order) - keep)])
+
+    def _merge(self, which: list[int]) -> None:
+        snap = self._snap
+        if snap.codec is None or not which:
+            return
+        which_set = set(which)
+        parts = [(snap.segments[s], snap.alive[s].nonzero().flatten()) for s in sorted(which_set)]
+        merged = Segment.from_parts(self._new_segment_name(), parts, snap.codec.ncentroids)
+        segments = [seg for s, seg in enumerate(snap.segments) if s not in which_set]
+        alive = [a for s, a in enumerate(snap.alive) if s not in which_set]
+        if merged.n_docs:
+            segments.append(merged)
+            alive.append(torch.ones(merged.n_docs, dtype=torch.bool))
+        locations: dict[str, tuple[int, int]] = {}
+        for s, (seg, mask) in enumerate(zip(segments, alive, strict=True)):
+            for i in mask.nonzero().flatten().tolist():
+                locations[seg.ids[i]] = (s, i)
+        self._publish(Snapshot(snap.codec, tuple(segments), tuple(alive), locations, self._generation))
+
+    # -- durability -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Make the current state durable: new files fsynced, then the manifest swapped atomically."""
+        self._check_open()
+        if self.path is None:
+            return
+        with self._lock:
+            snap = self._snap
+            folder = self.path
+            generation = self._generation + 1
+            if snap.codec is not None and self._codec_entry is None:
+                arrays, meta = snap.codec.to_arrays()
+                self._codec_entry = write_arrays(folder / f"codec-{generation:06d}.codec", arrays, meta)
+            entries = []
+            tombstones = {}
+            for seg, mask in zip(snap.segments, snap.alive, strict=True):
+                if seg.file is None:
+                    seg.save(folder)
+                saved_mask, entry = self._tombstones.get(seg.name, (None, None))
+                if saved_mask is not mask:
+                    deleted = (~mask).nonzero().flatten().numpy()
+                    entry = None
+                    if deleted.size:
+                        entry = write_arrays(
+                            folder / f"{seg.name}.del-{generation:06d}", {"deleted": deleted}
+                        )
+                tombstones[seg.name] = (mask, entry)
+                entries.append(
+                    {
+                        "name": seg.name,
+                        "file": seg.file,
+                        "n_docs": seg.n_docs,
+                        "n_vectors": seg.n_vectors,
+                        "tombstones": entry,
+                    }
+                )
+            write_manifest(
+                folder,
+                {
+                    "dim": self.dim,
+                    "nbits": self.nbits,
+                    "settings": self.settings,
+                    "codec": self._codec_entry,
+                    "segments": entries,
+                    "next_segment": self._next_segment,
+                    "generation": generation,
+                },
+            )
+            self._generation = generation
+            self._tombstones = tombstones
+            self._collect_garbage(entries)
+
+    def _collect_garbage(self, entries: list[dict]) -> None:
+        """Remove files of this index that the manifest no longer references (after the swap)."""
+        keep = {MANIFEST}
+        if self._codec_entry:
+            keep.add(self._codec_entry["file"])
+        for e in entries:
+            keep.add(e["file"]["file"])
+            if e["tombstones"]:
+                keep.add(e["tombstones"]["file"])
+        for f in self.path.iterdir():
+            if f.name not in keep and _OWN_FILE.match(f.name):
+                try:
+                    f.unlink()
+                except OSError as exc:  # pragma: no cover - best effort
+                    log.warning("could not remove stale index file %s: %s", f, exc)

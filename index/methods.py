@@ -1,0 +1,7 @@
+"""Registry of search methods: each module offers ``PARAMS`` ({name: type}) and ``search(...)``."""
+
+from __future__ import annotations
+
+from tessera.index import exact
+
+METHODS = {"exact": exact}

@@ -1,0 +1,187 @@
+"""Immutable segments: the compressed token vectors of a batch of documents plus their inverted lists.
+
+A segment never changes after it is built; deletions are tombstones kept beside it (in the snapshot
+and the manifest) and a merge writes a new segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tessera.index.codec import ResidualCodec
+from tessera.index.storage import read_arrays, write_arrays
+
+from tessera.packed import PackedDocuments
+
+
+def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    raw = [s.encode("utf-8") for s in ids]
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in raw], out=offsets[1:])
+    return np.frombuffer(b"".join(raw), dtype=np.uint8).copy(), offsets
+
+
+def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    data = blob.tobytes()
+    return [data[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
+
+
+def build_ivf(
+    codes: torch.Tensor, lengths: torch.Tensor, ncentroids: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverted lists centroid -> local documents holding it (CSR: offsets [C+1], docs int32)."""
+    n = int(lengths.shape[0])
+    if codes.numel() == 0:
+        return torch.zeros(ncentroids + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
+    doc_of = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), lengths)
+    keys = torch.unique(codes.long() * n + doc_of)
+    cent, docs = keys // n, keys % n
+    offsets = torch.zeros(ncentroids + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.bincount(cent, minlength=ncentroids), 0)
+    return offsets, docs.to(torch.int32)
+
+
+@dataclass(eq=False)
+class Segment:
+    """Compressed documents of one segment. ``file`` is its manifest entry once written to disk."""
+
+    name: str
+    ids: list[str]
+    lengths: torch.Tensor  # int64 [N]
+    codes: torch.Tensor  # int32 [T]
+    residuals: torch.Tensor  # uint8 [T, dim*nbits/8]
+    token_ids: torch.Tensor  # int32 [T]
+    ivf_offsets: torch.Tensor  # int64 [C+1]
+    ivf_docs: torch.Tensor  # int32 [nnz]
+    error: float  # mean squared reconstruction error of its vectors
+    file: dict | None = None
+    offsets: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = torch.nn.functional.pad(torch.cumsum(self.lengths, 0), (1, 0))
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for t in (
+                self.lengths,
+                self.codes,
+                self.residuals,
+                self.token_ids,
+                self.ivf_offsets,
+                self.ivf_docs,
+            )
+        )
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def build(cls, name: str, ids: list[str], docs: PackedDocuments, codec: ResidualCodec) -> Segment:
+        codes, residuals = codec.compress(docs.vectors)
+        sample = docs.vectors[:: max(1, docs.vectors.shape[0] // 8192)]
+        error = codec.reconstruction_error(sample)
+        ivf_offsets, ivf_docs = build_ivf(codes, docs.lengths, codec.ncentroids)
+        return cls(
+            name,
+            list(ids),
+            docs.lengths.to(torch.int64).clone(),
+            codes,
+            residuals,
+            docs.token_ids.to(torch.int32).clone(),
+            ivf_offsets,
+            ivf_docs,
+            error,
+        )
+
+    @classmethod
+    def from_parts(cls, name: str, parts: list[tuple[Segment, torch.Tensor]], ncentroids: int) -> Segment:
+        """Concatenate the given local documents of several segments (same codec) into a new one."""
+        ids: list[str] = []
+        lengths, codes, residuals, token_ids, errors = [], [], [], [], []
+        for seg, local in parts:
+            local = local.to(torch.int64)
+            ids.extend(seg.ids[i] for i in local.tolist())
+            pos = seg.positions(local)
+            lengths.append(seg.lengths[local])
+            codes.append(seg.codes[pos])
+            residuals.append(seg.residuals[pos])
+            token_ids.append(seg.token_ids[pos])
+            errors.append((seg.error, int(pos.numel())))
+        lengths_t = torch.cat(lengths) if lengths else torch.empty(0, dtype=torch.int64)
+        codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.int32)
+        total = sum(w for _, w in errors)
+        error = sum(e * w for e, w in errors) / total if total else 0.0
+        ivf_offsets, ivf_docs = build_ivf(codes_t, lengths_t, ncentroids)
+        width = parts[0][0].residuals.shape[1] if parts else 0
+        return cls(
+            name,
+            ids,
+            lengths_t,
+            codes_t,
+            torch.cat(residuals) if residuals else torch.empty(0, width, dtype=torch.uint8),
+            torch.cat(token_ids) if token_ids else torch.empty(0, dtype=torch.int32),
+            ivf_offsets,
+            ivf_docs,
+            error,
+        )
+
+    # -- access -----------------------------------------------------------------------------------
+    def positions(self, local: torch.Tensor) -> torch.Tensor:
+        """Flat vector positions of the given local documents, in order."""
+        local = local.to(torch.int64)
+        lengths = self.lengths[local]
+        if local.numel() == 0:
+            return torch.empty(0, dtype=torch.int64)
+        starts = self.offsets[local]
+        base = torch.cumsum(lengths, 0) - lengths
+        return torch.repeat_interleave(starts - base, lengths) + torch.arange(int(lengths.sum()))
+
+    def decompress(self, codec: ResidualCodec, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 vectors of the given documents, their lengths)."""
+        pos = self.positions(local)
+        return codec.decompress(self.codes[pos], self.residuals[pos]), self.lengths[local.to(torch.int64)]
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, folder: Path) -> dict:
+        blob, id_offsets = _encode_ids(self.ids)
+        arrays = {
+            "ids_blob": blob,
+            "ids_offsets": id_offsets,
+            "lengths": self.lengths.numpy(),
+            "codes": self.codes.numpy(),
+            "residuals": self.residuals.numpy(),
+            "token_ids": self.token_ids.numpy(),
+            "ivf_offsets": self.ivf_offsets.numpy(),
+            "ivf_docs": self.ivf_docs.numpy(),
+        }
+        self.file = write_arrays(folder / f"{self.name}.seg", arrays, {"error": self.error})
+        return self.file
+
+    @classmethod
+    def load(cls, folder: Path, name: str, entry: dict, verify: bool = True) -> Segment:
+        meta, a = read_arrays(folder, entry, verify)
+        t = {k: torch.from_numpy(v) for k, v in a.items() if k not in ("ids_blob", "ids_offsets")}
+        seg = cls(
+            name,
+            _decode_ids(a["ids_blob"], a["ids_offsets"]),
+            t["lengths"],
+            t["codes"],
+            t["residuals"],
+            t["token_ids"],
+            t["ivf_offsets"],
+            t["ivf_docs"],
+            float(meta["error"]),
+            file=entry,
+        )
+        return seg
