@@ -64,7 +64,7 @@ class ResidualCodec:
         dims = torch.arange(self.bytes_per_vector)[:, None] * per + torch.arange(per)[None, :]  # [B, per]
         lut = self.weights[dims[:, None, :], buckets[None, :, :]]  # [B, 256, per]
         self._lut = lut.reshape(self.bytes_per_vector * 256, per).to(self.device)
-        self._byte_base = (torch.arange(self.bytes_per_vector) * 256).to(self.device)
+        self._byte_base = (torch.arange(self.bytes_per_vector, dtype=torch.int32) * 256).to(self.device)
         self._shifts = shifts.to(torch.uint8)
 
     @property
@@ -159,13 +159,15 @@ class ResidualCodec:
         return codes, packed
 
     def decompress(self, codes: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        """Reconstructed float32 vectors [n, dim] on the codec's device."""
-        codes = codes.to(self.device).long()
-        packed = packed.to(self.device)
-        res = self._lut[packed.long() + self._byte_base].view(-1, self.dim)
-        out = self.centroids[codes] + res
+        """Reconstructed float32 vectors [n, dim] on the codec's device (two gathers, in-place adds)."""
+        n = codes.shape[0]
+        out = self.centroids.index_select(0, codes.to(self.device, torch.int32))
+        idx = packed.to(self.device).to(torch.int32) + self._byte_base
+        out.view(n, self.bytes_per_vector, self.per_byte).add_(
+            self._lut.index_select(0, idx.view(-1)).view(n, self.bytes_per_vector, self.per_byte)
+        )
         if self.normalize:
-            out = torch.nn.functional.normalize(out, dim=-1)
+            out.mul_(torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_())
         return out
 
     def reconstruction_error(self, vectors: torch.Tensor) -> float:

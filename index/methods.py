@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tessera.index import exact
+from tessera.index import exact, plaid
 
-METHODS = {"exact": exact}
+METHODS = {"exact": exact, "plaid": plaid}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tessera.index import MultiVectorIndex
 
 DIM = 64
-SETTINGS = {"ncentroids": 64, "kmeans_niter": 6}
+SETTINGS = {"ncentroids": 512, "kmeans_niter": 6}
 
 
 def build(docs, ids, path=None, **settings) -> MultiVectorIndex:

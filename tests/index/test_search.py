@@ -1,0 +1,68 @@
+"""Approximate search methods measured against exact MaxSim on the uncompressed vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from index_helpers import build, recall
+from tessera.index import plaid
+
+
+def test_plaid_defaults_follow_k():
+    assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}
+    assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
+    assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096}
+
+
+def test_plaid_recall_against_exact(built, queries, truth):
+    exact = built.search(queries, k=10, method="exact")
+    hits, stats = built.search_with_stats(queries, k=10, method="plaid")
+    assert recall(hits, truth, 10) >= 0.85
+    assert recall(hits, [[h.id for h in r] for r in exact], 10) >= 0.95
+    # it really prunes: far fewer documents are decompressed than exist
+    assert stats["scored_docs"] <= len(queries) * 64
+    assert stats["candidates"] > stats["scored_docs"]
+    hits100 = built.search(queries, k=100, method="plaid")
+    exact100 = [[h.id for h in r] for r in built.search(queries, k=100, method="exact")]
+    assert recall(hits100, truth, 100) >= 0.8
+    assert recall(hits100, exact100, 100) >= 0.95
+
+
+def test_plaid_scores_are_exact_scores_of_returned_docs(built, queries):
+    hits = built.search(queries[0], k=5, method="plaid")[0]
+    rescored = {h.id: h.score for h in built.score(queries[0], [h.id for h in hits])}
+    assert [h.score for h in hits] == pytest.approx([rescored[h.id] for h in hits], rel=1e-5)
+
+
+def test_plaid_params_change_the_work_done(built, queries):
+    _, small = built.search_with_stats(queries, k=10, method="plaid", params={"ndocs": 40})
+    _, large = built.search_with_stats(
+        queries, k=10, method="plaid", params={"ndocs": 400, "ncells": 4, "centroid_score_threshold": 0.2}
+    )
+    assert small["scored_docs"] < large["scored_docs"]
+    assert small["candidates"] < large["candidates"]
+    with pytest.raises(ValueError, match="positive int"):
+        built.search(queries, k=10, method="plaid", params={"ndocs": 0})
+    with pytest.raises(ValueError, match="unknown parameter"):
+        built.search(queries, k=10, method="plaid", params={"nprobe": 3})
+
+
+@pytest.mark.parametrize("method", ["plaid"])
+def test_filters_and_tombstones_apply_to_approximate_methods(corpus, doc_ids, queries, method):
+    index = build(corpus.docs.select(range(200)), doc_ids[:200])
+    top = {h.id for row in index.search(queries, k=5, method=method) for h in row}
+    index.delete(list(top))
+    after = index.search(queries, k=5, method=method)
+    assert not top & {h.id for row in after for h in row}
+    allowed = [d for d in doc_ids[:200:4] if d in index]
+    hits = index.search(queries, k=10, method=method, allowed_ids=allowed)
+    assert all({h.id for h in row} <= set(allowed) for row in hits)
+    assert sum(len(row) for row in hits) > 0
+
+
+def test_query_weights_scale_scores(built, queries):
+    q = queries[:2]
+    base, _ = built.search_with_stats(q, k=3, method="plaid")
+    doubled, _ = built.search_with_stats(q, k=3, method="plaid", query_weights=torch.full(q.shape[:2], 2.0))
+    assert [h.id for h in doubled[0]] == [h.id for h in base[0]]
+    assert doubled[0][0].score == pytest.approx(2 * base[0][0].score, rel=1e-5)
