@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tessera.index import exact, plaid
+from tessera.index import exact, plaid, xtr
 
-METHODS = {"exact": exact, "plaid": plaid}
+METHODS = {"exact": exact, "plaid": plaid, "xtr": xtr}

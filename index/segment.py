@@ -59,6 +59,7 @@ class Segment:
     error: float  # mean squared reconstruction error of its vectors
     file: dict | None = None
     offsets: torch.Tensor = field(init=False)
+    cache: dict = field(init=False, default_factory=dict)  # derived data (the segment never changes)
 
     def __post_init__(self) -> None:
         self.offsets = torch.nn.functional.pad(torch.cumsum(self.lengths, 0), (1, 0))
@@ -146,6 +147,18 @@ class Segment:
         starts = self.offsets[local]
         base = torch.cumsum(lengths, 0) - lengths
         return torch.repeat_interleave(starts - base, lengths) + torch.arange(int(lengths.sum()))
+
+    def vector_ivf(self, ncentroids: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverted lists centroid -> vector positions (CSR: offsets [C+1], positions int64), cached."""
+        if "vector_ivf" not in self.cache:
+            order = torch.argsort(self.codes, stable=True)
+            counts = torch.bincount(self.codes.long(), minlength=ncentroids)
+            self.cache["vector_ivf"] = (torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0)), order)
+        return self.cache["vector_ivf"]
+
+    def doc_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """Local document of each vector position."""
+        return torch.searchsorted(self.offsets, positions, right=True) - 1
 
     def decompress(self, codec: ResidualCodec, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 vectors of the given documents, their lengths)."""

@@ -47,7 +47,7 @@ def test_plaid_params_change_the_work_done(built, queries):
         built.search(queries, k=10, method="plaid", params={"nprobe": 3})
 
 
-@pytest.mark.parametrize("method", ["plaid"])
+@pytest.mark.parametrize("method", ["plaid", "xtr"])
 def test_filters_and_tombstones_apply_to_approximate_methods(corpus, doc_ids, queries, method):
     index = build(corpus.docs.select(range(200)), doc_ids[:200])
     top = {h.id for row in index.search(queries, k=5, method=method) for h in row}
@@ -66,3 +66,26 @@ def test_query_weights_scale_scores(built, queries):
     doubled, _ = built.search_with_stats(q, k=3, method="plaid", query_weights=torch.full(q.shape[:2], 2.0))
     assert [h.id for h in doubled[0]] == [h.id for h in base[0]]
     assert doubled[0][0].score == pytest.approx(2 * base[0][0].score, rel=1e-5)
+
+
+def test_xtr_scores_from_retrieved_tokens_with_far_fewer_dot_products(built, queries, truth):
+    hits, xs = built.search_with_stats(queries, k=10, method="xtr")
+    _, ps = built.search_with_stats(queries, k=10, method="plaid")
+    assert recall(hits, truth, 10) >= 0.7
+    assert xs["dot_products"] * 5 <= ps["dot_products"]
+    # only vectors of probed cells are decompressed, never whole documents
+    assert xs["decompressed_vectors"] < built.stats()["vectors"] * len(queries) / 4
+    more, more_stats = built.search_with_stats(
+        queries, k=10, method="xtr", params={"nprobe": 32, "k_prime": 2000}
+    )
+    assert more_stats["dot_products"] > xs["dot_products"]
+    assert recall(more, truth, 10) >= 0.75
+
+
+def test_xtr_imputes_missing_similarities(built, queries):
+    """A document's XTR score never exceeds its exact MaxSim by more than rounding, because each
+    query token contributes either a retrieved similarity or a lower estimate."""
+    hits = built.search(queries[0], k=10, method="xtr")[0]
+    exact = {h.id: h.score for h in built.score(queries[0], [h.id for h in hits])}
+    assert all(h.score <= exact[h.id] + 1e-3 for h in hits)
+    assert all(h.score > 0.5 * exact[h.id] for h in hits[:3])
