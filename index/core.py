@@ -29,6 +29,7 @@ DEFAULT_SETTINGS: dict = {
     "seed": 0,
     "max_k": 100_000,
     "max_segments": 8,  # more segments than this after an add triggers a merge of the small ones
+    "keep_vectors": False,  # also store fp16 originals: exact reranking at +2*dim bytes per vector
 }
 _OWN_FILE = re.compile(r"^(seg-\d+\.seg|seg-\d+\.del-\d+|codec-\d+\.codec|\..+\.tmp-[0-9a-f]+)$")
 
@@ -186,6 +187,7 @@ class MultiVectorIndex:
         live_vectors = int((snap.lengths_all * snap.alive_all).sum()) if snap.segments else 0
         stored = sum(s.n_vectors for s in snap.segments)
         mem = sum(s.nbytes for s in snap.segments)
+        full = sum(s.full_nbytes for s in snap.segments)
         disk = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) if self.path else 0
         per_vec = 4 + self.dim * self.nbits // 8
         drift = None
@@ -204,6 +206,7 @@ class MultiVectorIndex:
             "bytes_per_vector_in_memory": mem / stored if stored else float(per_vec),
             "bytes_per_vector_on_disk": disk / stored if stored and self.path else None,
             "memory_bytes": mem,
+            "full_vector_bytes": full,  # fp16 originals (keep_vectors), memory-mapped when on disk
             "disk_bytes": disk,
             "residual_drift": drift,
             "generation": self._generation,
@@ -319,7 +322,7 @@ class MultiVectorIndex:
         with self._lock:
             snap = self._snap
             codec = snap.codec if snap.codec is not None else self._train_codec(docs.vectors)
-            seg = Segment.build(self._new_segment_name(), ids, docs, codec)
+            seg = Segment.build(self._new_segment_name(), ids, docs, codec, self.settings["keep_vectors"])
             alive = list(snap.alive)
             locations = dict(snap.locations)
             self._tombstone(ids, alive, locations)

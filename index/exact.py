@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tessera.index.kernels import padded_max_sum
 from tessera.index.snapshot import Snapshot
 
 from tessera.packed import PackedDocuments
@@ -39,37 +40,24 @@ def score_docs(
     return out
 
 
-def doc_max(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-document max of token rows: rows [n, L] of consecutive documents with ``lengths`` -> [m, L].
-
-    Documents without tokens get 0 (as in ``tessera.scoring``)."""
-    m, width = lengths.numel(), rows.shape[1]
-    if m == 0 or rows.shape[0] == 0:
-        return torch.zeros(m, width, device=rows.device)
-    lengths = lengths.to(rows.device)
-    lmax = int(lengths.max())
-    starts = torch.cumsum(lengths, 0) - lengths
-    ar = torch.arange(lmax, device=rows.device)
-    # padding positions repeat the document's own last token, which leaves its max unchanged
-    last = (lengths - 1).clamp_min(0)
-    pos = (starts[:, None] + torch.minimum(ar[None, :], last[:, None])).clamp_max_(rows.shape[0] - 1)
-    best = rows.index_select(0, pos.view(-1)).view(m, lmax, width).amax(1)
-    if bool((lengths == 0).any()):
-        best[lengths == 0] = 0.0
-    return best
-
-
-def score_few(snap: Snapshot, query: torch.Tensor, gidx: torch.Tensor, weights: torch.Tensor | None = None):
-    """Exact MaxSim [len(gidx)] of ONE query [Lq, dim] against a few documents (decompressed at once)."""
+def score_few(
+    snap: Snapshot,
+    query: torch.Tensor,
+    gidx: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    full: bool = True,
+) -> torch.Tensor:
+    """Exact MaxSim [len(gidx)] of ONE query [Lq, dim] against a few documents (all loaded at once)."""
     out = torch.empty(gidx.numel(), device=query.device)
     if gidx.numel() == 0:
         return out
     seg_of, local = snap.locate(gidx.cpu())
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
-        vecs, lens = snap.segments[s].decompress(snap.codec, local[sel])
-        best = doc_max(vecs @ query.T, lens)  # [m, Lq]
-        out[sel.to(out.device)] = best @ weights if weights is not None else best.sum(1)
+        vecs, lens = snap.segments[s].padded_vectors(snap.codec, local[sel], full)
+        m, lmax, d = vecs.shape
+        sims = (vecs.view(m * lmax, d) @ query.T).view(m, lmax, -1)
+        out[sel.to(out.device)] = padded_max_sum(sims, lens, weights)
     return out
 
 

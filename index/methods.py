@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tessera.index import exact, plaid, xtr
+from tessera.index import exact, plaid, prf, xtr
 
-METHODS = {"exact": exact, "plaid": plaid, "xtr": xtr}
+METHODS = {"exact": exact, "plaid": plaid, "xtr": xtr, "prf": prf}

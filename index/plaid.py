@@ -5,46 +5,30 @@ Stages, per query:
 2. centroid interaction with pruning: approximate MaxSim of every candidate from centroid scores only,
    using only centroids whose best query-token score reaches ``centroid_score_threshold``; keep ``ndocs``;
 3. centroid interaction without pruning over all their tokens; keep ``ndocs // 4``;
-4. residual decompression of the survivors and exact MaxSim; keep k.
+4. exact MaxSim of the survivors on their stored full-precision vectors when the index keeps them
+   (``keep_vectors``; ``full_rerank=False`` ignores them) or else on decompressed residuals; keep k.
 Everything is vectorised in torch (no per-document Python loops), so it runs on CPU or GPU.
 """
 
 from __future__ import annotations
 
 import torch
-from tessera.index.exact import doc_max, score_few, topk
+from tessera.index.exact import score_few, topk
+from tessera.index.kernels import padded_max_sum, ranges, take
 from tessera.index.snapshot import Snapshot
 
-PARAMS = {"ncells": int, "centroid_score_threshold": float, "ndocs": int}
+PARAMS = {"ncells": int, "centroid_score_threshold": float, "ndocs": int, "full_rerank": bool}
 
 
 def defaults(k: int) -> dict:
     """PLAID's settings by k."""
     if k <= 10:
-        return {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}
-    if k <= 100:
-        return {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
-    return {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": max(4 * k, 4096)}
-
-
-def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Concatenation of arange(s, s + n) for each (s, n): the positions of several CSR rows."""
-    lengths = lengths.to(torch.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return torch.empty(0, dtype=torch.int64, device=starts.device)
-    shift = starts.to(torch.int64) - (torch.cumsum(lengths, 0) - lengths)
-    return torch.repeat_interleave(shift, lengths, output_size=total) + torch.arange(
-        total, device=starts.device
-    )
-
-
-def _segment_max(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Row-wise max of ``values`` [m, L] grouped by ``group`` [m] -> [n_groups, L] (-inf when empty)."""
-    out = torch.full((n_groups, values.shape[1]), float("-inf"), device=values.device)
-    if values.shape[0]:
-        out.scatter_reduce_(0, group[:, None].expand(-1, values.shape[1]), values, "amax")
-    return out
+        p = {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}
+    elif k <= 100:
+        p = {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
+    else:
+        p = {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": max(4 * k, 4096)}
+    return {**p, "full_rerank": True}
 
 
 def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
@@ -116,10 +100,10 @@ def full_centroid_scores(
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
-        loc = local[sel]
-        codes = seg.codes[seg.positions(loc)].to(S.device, torch.int32)
-        best = doc_max(ST.index_select(0, codes), seg.lengths[loc])
-        out[sel.to(S.device)] = best @ weights if weights is not None else best.sum(1)
+        pos, lens = seg.padded(local[sel])
+        codes = take(seg.codes, pos.view(-1)).to(S.device)
+        sims = take(ST, codes.long()).view(pos.shape[0], pos.shape[1], -1)
+        out[sel.to(S.device)] = padded_max_sum(sims, lens, weights)
     return out
 
 
@@ -154,7 +138,7 @@ def search(
             full = full_centroid_scores(snap, S_all[q], gidx, w)
             gidx = gidx[full.topk(n4).indices]
         gidx = gidx.cpu()
-        scores = score_few(snap, queries[q], gidx, w)[None].cpu()
+        scores = score_few(snap, queries[q], gidx, w, p["full_rerank"])[None].cpu()
         stats["scored_docs"] = stats.get("scored_docs", 0) + int(gidx.numel())
         stats["dot_products"] = stats.get("dot_products", 0) + int(
             queries.shape[1] * snap.lengths_all[gidx].sum()

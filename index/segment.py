@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tessera.index.codec import ResidualCodec
+from tessera.index.kernels import padded_positions, take
 from tessera.index.storage import read_arrays, write_arrays
 
 from tessera.packed import PackedDocuments
@@ -57,6 +58,7 @@ class Segment:
     ivf_offsets: torch.Tensor  # int64 [C+1]
     ivf_docs: torch.Tensor  # int32 [nnz]
     error: float  # mean squared reconstruction error of its vectors
+    vectors: torch.Tensor | None = None  # optional fp16 originals [T, dim] for exact reranking
     file: dict | None = None
     offsets: torch.Tensor = field(init=False)
     cache: dict = field(init=False, default_factory=dict)  # derived data (the segment never changes)
@@ -74,21 +76,25 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for t in (
-                self.lengths,
-                self.codes,
-                self.residuals,
-                self.token_ids,
-                self.ivf_offsets,
-                self.ivf_docs,
-            )
-        )
+        """Bytes of the compressed index (codes, residuals, token ids, lengths, inverted lists)."""
+        parts = (self.lengths, self.codes, self.residuals, self.token_ids, self.ivf_offsets, self.ivf_docs)
+        return sum(t.numel() * t.element_size() for t in parts)
+
+    @property
+    def full_nbytes(self) -> int:
+        """Bytes of the optional full-precision vectors."""
+        return 0 if self.vectors is None else self.vectors.numel() * self.vectors.element_size()
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def build(cls, name: str, ids: list[str], docs: PackedDocuments, codec: ResidualCodec) -> Segment:
+    def build(
+        cls,
+        name: str,
+        ids: list[str],
+        docs: PackedDocuments,
+        codec: ResidualCodec,
+        keep_vectors: bool = False,
+    ) -> Segment:
         codes, residuals = codec.compress(docs.vectors)
         sample = docs.vectors[:: max(1, docs.vectors.shape[0] // 8192)]
         error = codec.reconstruction_error(sample)
@@ -103,13 +109,14 @@ class Segment:
             ivf_offsets,
             ivf_docs,
             error,
+            docs.vectors.to(torch.float16).contiguous() if keep_vectors else None,
         )
 
     @classmethod
     def from_parts(cls, name: str, parts: list[tuple[Segment, torch.Tensor]], ncentroids: int) -> Segment:
         """Concatenate the given local documents of several segments (same codec) into a new one."""
         ids: list[str] = []
-        lengths, codes, residuals, token_ids, errors = [], [], [], [], []
+        lengths, codes, residuals, token_ids, errors, vectors = [], [], [], [], [], []
         for seg, local in parts:
             local = local.to(torch.int64)
             ids.extend(seg.ids[i] for i in local.tolist())
@@ -118,6 +125,7 @@ class Segment:
             codes.append(seg.codes[pos])
             residuals.append(seg.residuals[pos])
             token_ids.append(seg.token_ids[pos])
+            vectors.append(seg.vectors[pos] if seg.vectors is not None else None)
             errors.append((seg.error, int(pos.numel())))
         lengths_t = torch.cat(lengths) if lengths else torch.empty(0, dtype=torch.int64)
         codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.int32)
@@ -135,6 +143,7 @@ class Segment:
             ivf_offsets,
             ivf_docs,
             error,
+            torch.cat(vectors) if vectors and all(v is not None for v in vectors) else None,
         )
 
     # -- access -----------------------------------------------------------------------------------
@@ -160,10 +169,32 @@ class Segment:
         """Local document of each vector position."""
         return torch.searchsorted(self.offsets, positions, right=True) - 1
 
-    def decompress(self, codec: ResidualCodec, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32 vectors of the given documents, their lengths)."""
+    def padded(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([m, Lmax] vector positions padded by repeating each document's last token, lengths [m])."""
+        local = local.to(torch.int64)
+        lengths = self.lengths[local]
+        return padded_positions(self.offsets[local], lengths), lengths
+
+    def padded_vectors(self, codec: ResidualCodec, local: torch.Tensor, full: bool = True):
+        """([m, Lmax, dim] float32 vectors on the codec's device, lengths [m]); ``full`` uses the stored
+        originals when the segment keeps them, otherwise residuals are decompressed."""
+        pos, lengths = self.padded(local)
+        flat = pos.view(-1)
+        if full and self.vectors is not None:
+            vecs = take(self.vectors, flat).to(codec.device).float()
+        else:
+            vecs = codec.decompress(take(self.codes, flat), take(self.residuals, flat))
+        return vecs.view(pos.shape[0], pos.shape[1], -1), lengths
+
+    def decompress(
+        self, codec: ResidualCodec, local: torch.Tensor, full: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 vectors of the given documents, their lengths); ``full`` as in ``padded_vectors``."""
         pos = self.positions(local)
-        return codec.decompress(self.codes[pos], self.residuals[pos]), self.lengths[local.to(torch.int64)]
+        lengths = self.lengths[local.to(torch.int64)]
+        if full and self.vectors is not None:
+            return take(self.vectors, pos).to(codec.device).float(), lengths
+        return codec.decompress(take(self.codes, pos), take(self.residuals, pos)), lengths
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: Path) -> dict:
@@ -178,6 +209,8 @@ class Segment:
             "ivf_offsets": self.ivf_offsets.numpy(),
             "ivf_docs": self.ivf_docs.numpy(),
         }
+        if self.vectors is not None:
+            arrays["vectors"] = self.vectors.numpy()
         self.file = write_arrays(folder / f"{self.name}.seg", arrays, {"error": self.error})
         return self.file
 
@@ -195,6 +228,7 @@ class Segment:
             t["ivf_offsets"],
             t["ivf_docs"],
             float(meta["error"]),
+            t.get("vectors"),
             file=entry,
         )
         return seg

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 from tessera.index.exact import topk
-from tessera.index.plaid import centroid_scores, ranges
+from tessera.index.kernels import ranges
+from tessera.index.plaid import centroid_scores
 from tessera.index.snapshot import Snapshot
 
 PARAMS = {"nprobe": int, "k_prime": int}
@@ -21,15 +22,24 @@ def defaults(k: int) -> dict:
     return {"nprobe": 8 if k <= 10 else 16, "k_prime": max(256, 4 * k)}
 
 
-def _retrieve(snap: Snapshot, q: torch.Tensor, S: torch.Tensor, nprobe: int, mask: torch.Tensor, stats: dict):
-    """(token index, global document, similarity) of every probed vector of a live document."""
+def retrieve(
+    snap: Snapshot,
+    q: torch.Tensor,
+    S: torch.Tensor,
+    nprobe: int,
+    mask: torch.Tensor,
+    stats: dict,
+    with_token_ids: bool = False,
+):
+    """(query token index, global document, similarity[, token id]) of every probed vector of a live
+    document; ``q`` [m, dim] are the probing vectors and ``S`` [m, C] their centroid scores."""
     lq = q.shape[0]
     dev = q.device
     probes = S.topk(min(nprobe, S.shape[1]), dim=1).indices  # [Lq, nprobe]
     tok_of_pair = torch.arange(lq, device=dev).repeat_interleave(probes.shape[1])
     cells = probes.flatten()
     bases = snap.bases.tolist()
-    toks, docs, sims = [], [], []
+    toks, docs, sims, tids = [], [], [], []
     for s, seg in enumerate(snap.segments):
         voff, order = seg.vector_ivf(snap.codec.ncentroids)
         voff = voff.to(dev)
@@ -51,16 +61,20 @@ def _retrieve(snap: Snapshot, q: torch.Tensor, S: torch.Tensor, nprobe: int, mas
         toks.append(tok)
         docs.append(doc + bases[s])
         sims.append(sim)
+        if with_token_ids:
+            tids.append(seg.token_ids[pos.cpu()].to(dev))
     if not toks:
         e = torch.empty(0, device=dev)
-        return e.long(), e.long(), e
-    return torch.cat(toks), torch.cat(docs), torch.cat(sims)
+        out = (e.long(), e.long(), e)
+        return (*out, e.int()) if with_token_ids else out
+    out = (torch.cat(toks), torch.cat(docs), torch.cat(sims))
+    return (*out, torch.cat(tids)) if with_token_ids else out
 
 
 def score_query(snap, q, S, p, mask, weights, stats):
     """(XTR scores, global documents) of every document that had a token retrieved."""
     lq = q.shape[0]
-    tok, doc, sim = _retrieve(snap, q, S, p["nprobe"], mask, stats)
+    tok, doc, sim = retrieve(snap, q, S, p["nprobe"], mask, stats)
     if tok.numel() == 0:
         return sim, doc
     # top k' per query token: sort by similarity, then stably by token; rank within the token's run

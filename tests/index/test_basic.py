@@ -21,6 +21,18 @@ def test_exact_search_matches_uncompressed_ground_truth(built, queries, truth):
     assert all(isinstance(h, Hit) for h in hits[0])
 
 
+def test_keep_vectors_makes_exact_and_rerank_lossless(corpus, doc_ids, queries, truth):
+    index = build(corpus.docs, doc_ids, keep_vectors=True)
+    assert recall(index.search(queries, k=10, method="exact"), truth, 10) == 1.0
+    full = index.search(queries, k=10, method="plaid")
+    compressed = index.search(queries, k=10, method="plaid", params={"full_rerank": False})
+    assert recall(full, truth, 10) >= 0.95
+    assert recall(full, truth, 10) > recall(compressed, truth, 10)
+    st = index.stats()
+    assert st["full_vector_bytes"] == st["stored_vectors"] * DIM * 2
+    assert st["bytes_per_vector"] == 4 + DIM * 2 // 8
+
+
 def test_single_query_2d_and_counts(built, queries, doc_ids):
     hits = built.search(queries[0], k=3, method="exact")
     assert len(hits) == 1 and len(hits[0]) == 3

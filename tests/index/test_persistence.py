@@ -22,10 +22,11 @@ def _ids(hits):
     return [[h.id for h in row] for row in hits]
 
 
-def test_round_trip_with_updates(tmp_path, corpus, doc_ids, queries):
+@pytest.mark.parametrize("keep_vectors", [False, True])
+def test_round_trip_with_updates(tmp_path, corpus, doc_ids, queries, keep_vectors):
     docs = corpus.docs
     path = tmp_path / "idx"
-    index = build(docs.select(range(200)), doc_ids[:200], path)
+    index = build(docs.select(range(200)), doc_ids[:200], path, keep_vectors=keep_vectors)
     index.add(doc_ids[200:300], docs.select(range(200, 300)))
     index.delete(doc_ids[:50:2])
     index.add([doc_ids[1]], docs.select([399]))  # upsert
@@ -38,7 +39,7 @@ def test_round_trip_with_updates(tmp_path, corpus, doc_ids, queries):
     got = reopened.search(queries, k=10, method="exact")
     assert _ids(got) == _ids(expected)
     assert [h.score for h in got[0]] == pytest.approx([h.score for h in expected[0]], rel=1e-6)
-    for key in ("documents", "vectors", "segments", "tombstones", "ncentroids"):
+    for key in ("documents", "vectors", "segments", "tombstones", "ncentroids", "full_vector_bytes"):
         assert reopened.stats()[key] == stats[key]
     assert reopened.stats()["bytes_per_vector_on_disk"] > 0
     # further changes after reopening persist as well; merge removes the old files

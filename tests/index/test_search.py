@@ -9,9 +9,11 @@ from tessera.index import plaid
 
 
 def test_plaid_defaults_follow_k():
-    assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256}
-    assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
-    assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096}
+    full = {"full_rerank": True}
+    assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256, **full}
+    assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024, **full}
+    assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096, **full}
+    assert plaid.defaults(2000)["ndocs"] == 8000
 
 
 def test_plaid_recall_against_exact(built, queries, truth):
