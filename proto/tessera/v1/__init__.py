@@ -1,0 +1,1 @@
+"""Generated gRPC code (see tessera/proto/generate.py)."""

@@ -1,0 +1,1 @@
+"""Tessera client SDK (work in progress: types, errors and filters)."""
