@@ -293,3 +293,18 @@ def test_single_vector_sentence_transformer_is_refused(tmp_path, tiny_bert_dir):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelError, match="without a Dense projection"):
         load_encoder(str(folder))
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_pylate_do_lower_case(tmp_path, tiny_bert_dir, cased):
+    """Accepted when the tokenizer already lowercases; refused for a cased tokenizer (not reproducible)."""
+    folder = write_pylate(tmp_path / "pylate", tiny_bert_dir)
+    if cased:
+        AutoTokenizer.from_pretrained(folder, do_lower_case=False).save_pretrained(folder)
+    sbert = {"max_seq_length": 512, "do_lower_case": True}
+    (folder / "sentence_bert_config.json").write_text(json.dumps(sbert))
+    if cased:
+        with pytest.raises(ModelError, match="do_lower_case"):
+            load_encoder(str(folder))
+    else:
+        assert load_encoder(str(folder)).config.query_marker == "[Q] "
