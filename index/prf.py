@@ -91,6 +91,12 @@ def expansion(
     return cents[order], p["beta"] * weights[order]
 
 
+def _add_work(stats: dict, more: dict) -> None:
+    for key, value in more.items():
+        if isinstance(value, int):
+            stats[key] = stats.get(key, 0) + value
+
+
 def search(
     snap: Snapshot,
     queries: torch.Tensor,
@@ -113,7 +119,9 @@ def search(
     for q in range(nq):
         w0 = query_weights[q] if query_weights is not None else torch.ones(lq)
         w0 = w0.to(queries.device)
-        _, first = plaid.search(snap, queries[q : q + 1], first_k, plaid_params, mask, w0[None], {})
+        first_stats: dict = {}
+        _, first = plaid.search(snap, queries[q : q + 1], first_k, plaid_params, mask, w0[None], first_stats)
+        _add_work(stats, first_stats)
         first = first[0][first[0] >= 0]
         if first.numel() == 0:
             continue
@@ -130,8 +138,13 @@ def search(
         w2 = torch.cat([w0, ew.to(queries.device)])
         if p["prf_mode"] == "rerank":
             scores = score_few(snap, q2, first, w2)
+            stats["dot_products"] = stats.get("dot_products", 0) + int(
+                q2.shape[0] * snap.lengths_all[first].sum()
+            )
             s, i = topk(scores[None].cpu(), first.cpu(), k)
         else:
-            s, i = plaid.search(snap, q2[None], k, plaid_params, mask, w2[None], {})
+            again: dict = {}
+            s, i = plaid.search(snap, q2[None], k, plaid_params, mask, w2[None], again)
+            _add_work(stats, again)
         out_s[q], out_i[q] = s[0], i[0]
     return out_s, out_i

@@ -1,0 +1,282 @@
+"""``tessera bench search``: latency, recall against exact MaxSim and nDCG of every search method.
+
+Ground truth is exact MaxSim over the original (uncompressed) token vectors, computed with
+``tessera.scoring``; every method's recall@10 / recall@100 is measured against it. Latency is per
+query, one query at a time, query encoding excluded (queries are encoded once, up front).
+Encodings and ground truth are cached on disk, keyed by the model and the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tessera.errors import DataError
+from tessera.packed import PackedDocuments
+
+log = logging.getLogger(__name__)
+
+ALL_METHODS = ("exact", "plaid", "plaid-compressed", "xtr", "prf", "prf-retrieve")
+_METHOD_CALLS = {  # entry name -> (index method, params)
+    "exact": ("exact", {}),
+    "plaid": ("plaid", {}),
+    "plaid-compressed": ("plaid", {"full_rerank": False}),
+    "xtr": ("xtr", {}),
+    "prf": ("prf", {"prf_mode": "rerank"}),
+    "prf-retrieve": ("prf", {"prf_mode": "retrieve"}),
+}
+
+
+@dataclass
+class BenchData:
+    name: str
+    doc_ids: list[str]
+    docs: PackedDocuments
+    query_ids: list[str]
+    queries: torch.Tensor  # [nq, Lq, dim] float32
+    qrels: dict[str, dict[str, int]]
+    encode_seconds: float | None = None  # query encoding, reported separately
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "tessera")) / "bench"
+
+
+def _fingerprint(spec: str) -> str:
+    """A key that changes when the model files change (packaged name, folder) or the spec does."""
+    from tessera.training.checkpoints import PRETRAINED_DIR
+
+    path = PRETRAINED_DIR / spec if (PRETRAINED_DIR / spec).is_dir() else Path(spec).expanduser()
+    h = hashlib.sha1(spec.encode())
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_encoded(data: Path, model: str, split: str, cache: Path) -> BenchData:
+    """BEIR data encoded with ``model``; document encodings are cached (they cost minutes)."""
+    from tessera.datasets import load_beir
+
+    ds = load_beir(data, split)
+    query_ids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
+    doc_ids = ds.doc_ids
+    key = hashlib.sha1(f"{data.resolve()}|{split}|{len(doc_ids)}|{_fingerprint(model)}".encode()).hexdigest()[
+        :16
+    ]
+    folder = cache / f"{data.name}-{key}"
+    docs_file, ids_file, q_file = folder / "docs.safetensors", folder / "doc_ids.json", folder / "queries.pt"
+    encoder = None
+    if docs_file.is_file() and ids_file.is_file() and json.loads(ids_file.read_text()) == doc_ids:
+        docs = PackedDocuments.load(docs_file)
+        log.info("document encodings from cache %s", folder)
+    else:
+        from tessera.training.checkpoints import load_encoder
+
+        encoder = load_encoder(model)
+        docs = encoder.encode_documents([ds.corpus[d].full_text for d in doc_ids], progress=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        docs.save(docs_file)
+        ids_file.write_text(json.dumps(doc_ids))
+    if q_file.is_file():
+        cached = torch.load(q_file)
+        if cached["ids"] == query_ids:
+            return BenchData(
+                data.name, doc_ids, docs, query_ids, cached["queries"], ds.qrels, cached["seconds"]
+            )
+    if encoder is None:
+        from tessera.training.checkpoints import load_encoder
+
+        encoder = load_encoder(model)
+    t0 = time.perf_counter()
+    queries = encoder.encode_queries([ds.queries[q] for q in query_ids])
+    seconds = (time.perf_counter() - t0) / max(1, len(query_ids))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": query_ids, "queries": queries, "seconds": seconds}, q_file)
+    return BenchData(data.name, doc_ids, docs, query_ids, queries, ds.qrels, seconds)
+
+
+def synthetic_data(n_vectors: int, dim: int, n_queries: int, mean_len: int = 100, seed: int = 0) -> BenchData:
+    """Clustered synthetic vectors; each query's relevant document is the one it was drawn from."""
+    from tessera.index.synthetic import make_corpus, make_queries
+
+    n_docs = max(1, n_vectors // mean_len)
+    vocab = max(2000, min(50_000, n_vectors // 20))
+    corpus = make_corpus(n_docs, dim, mean_len, vocab=vocab, topics=max(20, n_docs // 50), seed=seed)
+    queries, targets = make_queries(corpus, n_queries, 32, seed=seed + 1)
+    doc_ids = [f"d{i}" for i in range(n_docs)]
+    query_ids = [f"q{i}" for i in range(n_queries)]
+    qrels = {q: {doc_ids[int(t)]: 1} for q, t in zip(query_ids, targets, strict=True)}
+    return BenchData(f"synthetic-{n_vectors}", doc_ids, corpus.docs, query_ids, queries, qrels)
+
+
+def ground_truth(data: BenchData, cache: Path | None, k: int = 100) -> list[list[str]]:
+    """Exact MaxSim top-k on the original vectors (cached beside the encodings)."""
+    from tessera.scoring import maxsim_topk
+
+    h = hashlib.sha1()
+    h.update(data.queries.numpy().tobytes())
+    h.update(data.docs.lengths.numpy().tobytes())
+    h.update(data.docs.vectors[:: max(1, data.docs.vectors.shape[0] // 4096)].numpy().tobytes())
+    file = cache / f"truth-{h.hexdigest()[:16]}-{k}.pt" if cache else None
+    if file is not None and file.is_file():
+        idx = torch.load(file)
+    else:
+        t0 = time.perf_counter()
+        _, idx = maxsim_topk(data.queries, data.docs, k)
+        log.info("exact ground truth on the original vectors: %.1f s", time.perf_counter() - t0)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(idx, file)
+    return [[data.doc_ids[i] for i in row] for row in idx.tolist()]
+
+
+def _recall(hits, truth, k: int) -> float:
+    got = sum(len({h.id for h in row[:k]} & set(t[:k])) for row, t in zip(hits, truth, strict=True))
+    return got / (k * len(truth))
+
+
+def _ir_metrics(hits, data: BenchData) -> dict:
+    import ir_measures
+    from ir_measures import AP, R, nDCG
+
+    run = {q: {h.id: h.score for h in row} for q, row in zip(data.query_ids, hits, strict=True)}
+    qrels = {q: data.qrels.get(q, {}) for q in data.query_ids if data.qrels.get(q)}
+    res = ir_measures.calc_aggregate([nDCG @ 10, AP @ 100, R @ 100], qrels, run)
+    return {"ndcg@10": res[nDCG @ 10], "map@100": res[AP @ 100], "judged_recall@100": res[R @ 100]}
+
+
+def _timed(index, queries, k, method, params, limit: int | None = None):
+    """(hits, per-query latencies in ms, summed work counters), one query at a time."""
+    hits, lat, work = [], [], {}
+    n = queries.shape[0] if limit is None else min(limit, queries.shape[0])
+    index.search(queries[:1], k=k, method=method, params=params)  # warm caches
+    for q in range(n):
+        t0 = time.perf_counter()
+        h, st = index.search_with_stats(queries[q : q + 1], k=k, method=method, params=params)
+        lat.append((time.perf_counter() - t0) * 1000)
+        hits.extend(h)
+        for key, v in st.items():
+            if isinstance(v, int):
+                work[key] = work.get(key, 0) + v
+    return hits, lat, {key: v / max(1, n) for key, v in work.items()}
+
+
+def _pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+
+def run_benchmark(
+    data: BenchData,
+    methods: list[str],
+    *,
+    nbits: int = 2,
+    threads: int = 1,
+    keep_vectors: bool = True,
+    index_dir: Path | None = None,
+    cache: Path | None = None,
+    exact_queries: int = 50,
+    settings: dict | None = None,
+) -> dict:
+    """Build an index over ``data`` and measure each method; returns {method: metrics}."""
+    import faiss
+    from tessera.index import MultiVectorIndex
+
+    unknown = [m for m in methods if m not in _METHOD_CALLS]
+    if unknown:
+        raise DataError(f"unknown benchmark method(s) {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    truth = ground_truth(data, cache)
+    tmp = None
+    if index_dir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+        index_dir = tmp / "index"
+    try:
+        t0 = time.perf_counter()
+        index = MultiVectorIndex.create(
+            index_dir, data.docs.dim, nbits=nbits, keep_vectors=keep_vectors, **(settings or {})
+        )
+        index.add(data.doc_ids, data.docs)
+        index.flush()
+        build_s = time.perf_counter() - t0
+        st = index.stats()
+        log.info("index built in %.1f s: %s", build_s, st)
+        compressed = 4 + data.docs.dim * nbits // 8
+        meta = {
+            "build_s": round(build_s, 2),
+            "documents": st["documents"],
+            "vectors": st["vectors"],
+            "ncentroids": st["ncentroids"],
+            "index_bytes_per_vector_disk": round(st["bytes_per_vector_on_disk"], 2),
+            "index_bytes_per_vector_memory": round(st["bytes_per_vector_in_memory"], 2),
+            "threads": threads,
+            "queries": len(data.query_ids),
+            "query_encode_ms": round(data.encode_seconds * 1000, 2) if data.encode_seconds else None,
+        }
+        results = {}
+        for name in methods:
+            method, params = _METHOD_CALLS[name]
+            if name == "plaid-compressed" and not keep_vectors:
+                continue
+            limit = exact_queries if method == "exact" else None
+            hits10, lat10, work = _timed(index, data.queries, 10, method, params, limit)
+            hits100, lat100, _ = _timed(index, data.queries, 100, method, params, limit)
+            n = len(hits10)
+            sub = BenchData(
+                data.name, data.doc_ids, data.docs, data.query_ids[:n], data.queries[:n], data.qrels
+            )
+            uses_full = keep_vectors and name in ("exact", "plaid", "prf", "prf-retrieve")
+            entry = {
+                "recall@10": round(_recall(hits10, truth[:n], 10), 4),
+                "recall@100": round(_recall(hits100, truth[:n], 100), 4),
+                **{k: round(v, 4) for k, v in _ir_metrics(hits10, sub).items() if k == "ndcg@10"},
+                **{k: round(v, 4) for k, v in _ir_metrics(hits100, sub).items() if k != "ndcg@10"},
+                "p50_ms": round(statistics.median(lat10), 3),
+                "p95_ms": round(_pct(lat10, 0.95), 3),
+                "qps": round(1000 * n / sum(lat10), 2),
+                "p50_ms_k100": round(statistics.median(lat100), 3),
+                "bytes_per_vector": compressed + (2 * data.docs.dim if uses_full else 0),
+                "dot_products": round(work.get("dot_products", 0)),
+                "candidates": round(work.get("candidates", work.get("scored_docs", 0))),
+                "measured_queries": n,
+                **meta,
+            }
+            results[name] = entry
+            log.info("%s: %s", name, entry)
+        index.close()
+        return results
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def format_table(results: dict) -> str:
+    cols = [
+        "recall@10",
+        "recall@100",
+        "ndcg@10",
+        "map@100",
+        "p50_ms",
+        "p95_ms",
+        "qps",
+        "bytes_per_vector",
+        "dot_products",
+    ]
+    lines = ["method".ljust(18) + "".join(c.rjust(14) for c in cols)]
+    for name, e in results.items():
+        lines.append(name.ljust(18) + "".join(str(e.get(c, "")).rjust(14) for c in cols))
+    return "\n".join(lines)

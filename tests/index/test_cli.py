@@ -1,0 +1,63 @@
+"""``tessera bench search`` end to end on small synthetic data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tessera.index.cli import bench_subparsers, register
+
+from tessera.cli import main
+
+
+def test_bench_search_synthetic_json(tmp_path, capsys):
+    code = main(
+        [
+            "bench",
+            "search",
+            "--synthetic",
+            "12000",
+            "--dim",
+            "32",
+            "--queries",
+            "6",
+            "--ncentroids",
+            "256",
+            "--methods",
+            "exact,plaid,plaid-compressed,xtr,prf",
+            "--exact-queries",
+            "3",
+            "--json",
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result) == {"exact", "plaid", "plaid-compressed", "xtr", "prf"}
+    for entry in result.values():
+        for key in ("recall@10", "recall@100", "ndcg@10", "p50_ms", "p95_ms", "qps", "bytes_per_vector"):
+            assert key in entry
+        assert 0.0 <= entry["recall@10"] <= 1.0 and entry["p50_ms"] > 0
+    assert result["exact"]["recall@10"] == 1.0  # fp16 originals kept: exact is exact
+    assert result["exact"]["measured_queries"] == 3
+    assert result["plaid-compressed"]["bytes_per_vector"] == 4 + 32 * 2 // 8
+    assert result["plaid"]["dot_products"] > result["xtr"]["dot_products"]
+    assert any(f.name.startswith("truth-") for f in (tmp_path / "cache").iterdir())
+
+
+def test_bench_errors_are_clean(tmp_path, capsys):
+    assert main(["bench", "search", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "search", "--synthetic", "2000", "--dim", "32", "--methods", "bogus"]) == 2
+    assert "unknown benchmark method" in capsys.readouterr().err
+
+
+def test_bench_group_is_shared_with_other_subcommands():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    bench_subparsers(sub).add_parser("train").set_defaults(func="other")
+    assert parser.parse_args(["bench", "train"]).func == "other"
+    assert parser.parse_args(["bench", "search", "--synthetic", "10"]).synthetic == 10
