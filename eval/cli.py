@@ -1,0 +1,113 @@
+"""``tessera eval``: retrieval quality of a model on a BEIR-layout folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tessera.eval.harness import EvalError, evaluate
+
+_ROWS = [
+    ("nDCG@10", "ndcg@10"),
+    ("Recall@100", "recall@100"),
+    ("MRR@10", "mrr@10"),
+    ("MAP", "map"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate retrieval quality on a BEIR-layout folder",
+        description="Retrieve the top K documents for every judged query of a split and report nDCG@10, "
+        "Recall@100, MRR@10 and MAP (ir_measures; MAP over the K retrieved). Document encodings are "
+        "cached, so evaluating the same model on the same corpus again does not re-encode.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", required=True, help="BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)"
+    )
+    p.add_argument("--split", default="test", help="qrels split to evaluate")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="bm25, minilm (single-vector all-MiniLM-L6-v2 baseline), default, or a multi-vector "
+        "checkpoint folder / hub id",
+    )
+    p.add_argument(
+        "--method",
+        default="exact",
+        help="search method for multi-vector models: exact, or an index method "
+        "(plaid, xtr, prf) run on an in-memory index",
+    )
+    p.add_argument(
+        "--params", default=None, help="method parameters as a JSON object, e.g. '{\"ncells\": 4}'"
+    )
+    p.add_argument(
+        "--nbits", type=int, default=2, choices=[1, 2, 4], help="index residual bits (index methods)"
+    )
+    p.add_argument("--k", type=int, default=1000, choices=[100, 1000], help="documents retrieved per query")
+    p.add_argument("--batch-size", type=int, default=32, help="encoding batch size")
+    p.add_argument(
+        "--cache-dir", default=None, help="encoding cache (default: $TESSERA_CACHE_DIR or ~/.cache/tessera)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached encodings")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object (the last stdout line)"
+    )
+    p.set_defaults(func=run)
+
+
+def _params(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"--params is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise EvalError("--params must be a JSON object such as '{\"ncells\": 4}'")
+    return value
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['data']} ({result['split']}): {result['queries']} queries, {result['docs']} documents",
+        f"model {result['model']}, method {result['method']}, top {result['k']}",
+        "",
+    ]
+    lines += [f"  {label:<12}{result[key]:.4f}" for label, key in _ROWS]
+    encode = f"  {'encode':<12}{result['encode_seconds']:.1f} s"
+    if "doc_cache" in result:
+        encode += f" (document cache {result['doc_cache']})"
+    lines += ["", encode, f"  {'search':<12}{result['search_seconds']:.2f} s"]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise EvalError(f"--threads must be positive, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = evaluate(
+        args.data,
+        args.model,
+        split=args.split,
+        method=args.method,
+        k=args.k,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        device=args.device,
+        params=_params(args.params),
+        nbits=args.nbits,
+    )
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_table(result))
+    return 0
