@@ -95,6 +95,7 @@ class ResidualCodec:
         sample = vectors[perm[: max(k, min(n, k * points_per_centroid))]].float()
         norms = vectors[perm[:4096]].float().norm(dim=1)
         normalize = bool(((norms - 1).abs() < 1e-2).all())
+        use_gpu = torch.device(device).type == "cuda" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
         km = faiss.Kmeans(
             dim,
             k,
@@ -104,6 +105,7 @@ class ResidualCodec:
             verbose=False,
             max_points_per_centroid=points_per_centroid,
             min_points_per_centroid=1,
+            gpu=use_gpu,
         )
         km.train(np.ascontiguousarray(sample.numpy()))
         centroids = torch.from_numpy(km.centroids.copy())

@@ -128,7 +128,7 @@ class MultiVectorIndex:
         segments, alive, tombstones = [], [], {}
         locations: dict[str, tuple[int, int]] = {}
         for s, entry in enumerate(seg_entries):
-            seg = Segment.load(folder, entry["name"], entry["file"], verify)
+            seg = Segment.load(folder, entry["name"], entry["file"], verify).to(device)
             if seg.n_docs != entry["n_docs"] or seg.n_vectors != entry["n_vectors"]:
                 raise IndexCorruptError(f"index file {entry['file']['file']} does not match the manifest")
             mask = torch.ones(seg.n_docs, dtype=torch.bool)
@@ -323,6 +323,7 @@ class MultiVectorIndex:
             snap = self._snap
             codec = snap.codec if snap.codec is not None else self._train_codec(docs.vectors)
             seg = Segment.build(self._new_segment_name(), ids, docs, codec, self.settings["keep_vectors"])
+            seg = seg.to(self.device)
             alive = list(snap.alive)
             locations = dict(snap.locations)
             self._tombstone(ids, alive, locations)

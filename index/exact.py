@@ -6,37 +6,39 @@ import torch
 from tessera.index.kernels import padded_max_sum
 from tessera.index.snapshot import Snapshot
 
-from tessera.packed import PackedDocuments
-from tessera.scoring import maxsim_scores
+from tessera.scoring import maxsim_padded
 
 PARAMS: dict = {}
-_CHUNK_VECTORS = 1 << 17
+_CHUNK_VECTORS = 1 << 16  # padded document vectors loaded at once
+_BLOCK_FLOATS = 1 << 24  # similarity entries materialised at once
 
 
 def score_docs(
     snap: Snapshot, queries: torch.Tensor, gidx: torch.Tensor, query_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Exact MaxSim [nq, len(gidx)] of the given global documents, decompressing in bounded chunks."""
-    out = torch.empty(queries.shape[0], gidx.numel())
+    """Exact MaxSim [nq, len(gidx)] of the given global documents, loading them in bounded chunks and
+    scoring with ``tessera.scoring.maxsim_padded``."""
+    nq, lq, _ = queries.shape
+    out = torch.empty(nq, gidx.numel())
     if gidx.numel() == 0:
         return out
     seg_of, local = snap.locate(gidx)
-    dev = snap.codec.device
+    lengths_all = snap.lengths_all[gidx]
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
         loc = local[sel]
-        lengths = seg.lengths[loc]
-        ends = torch.cumsum(lengths, 0)
-        start = 0
-        while start < loc.numel():
-            # documents start..stop hold at most _CHUNK_VECTORS vectors (at least one document)
-            budget = (ends[start - 1] if start else 0) + _CHUNK_VECTORS
-            stop = max(start + 1, int(torch.searchsorted(ends, budget, right=True)))
-            vecs, lens = seg.decompress(snap.codec, loc[start:stop])
-            packed = PackedDocuments(vecs, torch.full((vecs.shape[0],), -1, dtype=torch.int32), lens)
-            out[:, sel[start:stop]] = maxsim_scores(queries, packed, query_weights, device=dev)
-            start = stop
+        lmax = max(1, int(lengths_all[sel].max()))
+        per_chunk = max(1, _CHUNK_VECTORS // lmax)
+        q_block = max(1, min(nq, _BLOCK_FLOATS // (lq * per_chunk * lmax)))
+        for start in range(0, loc.numel(), per_chunk):
+            vecs, lens = seg.padded_vectors(snap.codec, loc[start : start + per_chunk])
+            mask = torch.arange(vecs.shape[1], device=vecs.device)[None, :] < lens[:, None]
+            cols = sel[start : start + per_chunk]
+            for q0 in range(0, nq, q_block):
+                w = query_weights[q0 : q0 + q_block] if query_weights is not None else None
+                block = maxsim_padded(queries[q0 : q0 + q_block], vecs, mask, w)
+                out[q0 : q0 + q_block, cols] = block.cpu()
     return out
 
 

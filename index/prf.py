@@ -46,10 +46,11 @@ def token_idf(snap: Snapshot) -> torch.Tensor:
     if "idf" not in snap.cache:
         n_live = len(snap.locations)
         vocab = max((int(s.token_ids.max()) + 1 for s in snap.segments if s.n_vectors), default=0)
+        vocab = max(vocab, 1)
         df = torch.zeros(max(vocab, 1), dtype=torch.int64)
         for seg, alive in zip(snap.segments, snap.alive, strict=True):
-            doc = torch.repeat_interleave(torch.arange(seg.n_docs), seg.lengths)
-            tid = seg.token_ids.long()
+            doc = torch.repeat_interleave(torch.arange(seg.n_docs), seg.lengths.cpu())
+            tid = seg.token_ids.cpu().long()
             ok = (tid >= 0) & alive[doc]
             pairs = torch.unique(doc[ok] * df.numel() + tid[ok])
             df += torch.bincount(pairs % df.numel(), minlength=df.numel())

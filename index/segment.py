@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tessera.index.codec import ResidualCodec
-from tessera.index.kernels import padded_positions, take
+from tessera.index.kernels import padded_positions, ranges, take
 from tessera.index.storage import read_arrays, write_arrays
 
 from tessera.packed import PackedDocuments
@@ -37,10 +37,10 @@ def build_ivf(
     n = int(lengths.shape[0])
     if codes.numel() == 0:
         return torch.zeros(ncentroids + 1, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
-    doc_of = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), lengths)
+    doc_of = torch.repeat_interleave(torch.arange(n, dtype=torch.int64, device=codes.device), lengths)
     keys = torch.unique(codes.long() * n + doc_of)
     cent, docs = keys // n, keys % n
-    offsets = torch.zeros(ncentroids + 1, dtype=torch.int64)
+    offsets = torch.zeros(ncentroids + 1, dtype=torch.int64, device=codes.device)
     offsets[1:] = torch.cumsum(torch.bincount(cent, minlength=ncentroids), 0)
     return offsets, docs.to(torch.int32)
 
@@ -118,7 +118,7 @@ class Segment:
         ids: list[str] = []
         lengths, codes, residuals, token_ids, errors, vectors = [], [], [], [], [], []
         for seg, local in parts:
-            local = local.to(torch.int64)
+            local = local.to(seg.device, torch.int64)
             ids.extend(seg.ids[i] for i in local.tolist())
             pos = seg.positions(local)
             lengths.append(seg.lengths[local])
@@ -127,8 +127,9 @@ class Segment:
             token_ids.append(seg.token_ids[pos])
             vectors.append(seg.vectors[pos] if seg.vectors is not None else None)
             errors.append((seg.error, int(pos.numel())))
-        lengths_t = torch.cat(lengths) if lengths else torch.empty(0, dtype=torch.int64)
-        codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.int32)
+        dev = parts[0][0].device if parts else torch.device("cpu")
+        lengths_t = torch.cat(lengths) if lengths else torch.empty(0, dtype=torch.int64, device=dev)
+        codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.int32, device=dev)
         total = sum(w for _, w in errors)
         error = sum(e * w for e, w in errors) / total if total else 0.0
         ivf_offsets, ivf_docs = build_ivf(codes_t, lengths_t, ncentroids)
@@ -146,16 +147,39 @@ class Segment:
             torch.cat(vectors) if vectors and all(v is not None for v in vectors) else None,
         )
 
+    # -- devices ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def to(self, device: str | torch.device) -> Segment:
+        """This segment with every tensor on ``device`` (itself when already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Segment(
+            self.name,
+            self.ids,
+            move(self.lengths),
+            move(self.codes),
+            move(self.residuals),
+            move(self.token_ids),
+            move(self.ivf_offsets),
+            move(self.ivf_docs),
+            self.error,
+            move(self.vectors),
+            self.file,
+        )
+
     # -- access -----------------------------------------------------------------------------------
     def positions(self, local: torch.Tensor) -> torch.Tensor:
-        """Flat vector positions of the given local documents, in order."""
-        local = local.to(torch.int64)
-        lengths = self.lengths[local]
+        """Flat vector positions of the given local documents, in order (on the segment's device)."""
+        local = local.to(self.device, torch.int64)
         if local.numel() == 0:
-            return torch.empty(0, dtype=torch.int64)
-        starts = self.offsets[local]
-        base = torch.cumsum(lengths, 0) - lengths
-        return torch.repeat_interleave(starts - base, lengths) + torch.arange(int(lengths.sum()))
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        lengths = self.lengths[local]
+        return ranges(self.offsets[local], lengths)
 
     def vector_ivf(self, ncentroids: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverted lists centroid -> vector positions (CSR: offsets [C+1], positions int64), cached."""
@@ -167,11 +191,11 @@ class Segment:
 
     def doc_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Local document of each vector position."""
-        return torch.searchsorted(self.offsets, positions, right=True) - 1
+        return torch.searchsorted(self.offsets, positions.to(self.device), right=True) - 1
 
     def padded(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """([m, Lmax] vector positions padded by repeating each document's last token, lengths [m])."""
-        local = local.to(torch.int64)
+        local = local.to(self.device, torch.int64)
         lengths = self.lengths[local]
         return padded_positions(self.offsets[local], lengths), lengths
 
@@ -191,7 +215,7 @@ class Segment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 vectors of the given documents, their lengths); ``full`` as in ``padded_vectors``."""
         pos = self.positions(local)
-        lengths = self.lengths[local.to(torch.int64)]
+        lengths = self.lengths[local.to(self.device, torch.int64)]
         if full and self.vectors is not None:
             return take(self.vectors, pos).to(codec.device).float(), lengths
         return codec.decompress(take(self.codes, pos), take(self.residuals, pos)), lengths
@@ -202,15 +226,15 @@ class Segment:
         arrays = {
             "ids_blob": blob,
             "ids_offsets": id_offsets,
-            "lengths": self.lengths.numpy(),
-            "codes": self.codes.numpy(),
-            "residuals": self.residuals.numpy(),
-            "token_ids": self.token_ids.numpy(),
-            "ivf_offsets": self.ivf_offsets.numpy(),
-            "ivf_docs": self.ivf_docs.numpy(),
+            "lengths": self.lengths.cpu().numpy(),
+            "codes": self.codes.cpu().numpy(),
+            "residuals": self.residuals.cpu().numpy(),
+            "token_ids": self.token_ids.cpu().numpy(),
+            "ivf_offsets": self.ivf_offsets.cpu().numpy(),
+            "ivf_docs": self.ivf_docs.cpu().numpy(),
         }
         if self.vectors is not None:
-            arrays["vectors"] = self.vectors.numpy()
+            arrays["vectors"] = self.vectors.cpu().numpy()
         self.file = write_arrays(folder / f"{self.name}.seg", arrays, {"error": self.error})
         return self.file
 

@@ -49,7 +49,7 @@ class Snapshot:
     def lengths_all(self) -> torch.Tensor:
         """Vector count of every document in global numbering."""
         if "lengths_all" not in self.cache:
-            parts = [s.lengths for s in self.segments]
+            parts = [s.lengths.cpu() for s in self.segments]
             self.cache["lengths_all"] = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         return self.cache["lengths_all"]
 

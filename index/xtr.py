@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from tessera.index.exact import topk
-from tessera.index.kernels import ranges
+from tessera.index.kernels import ranges, take
 from tessera.index.plaid import centroid_scores
 from tessera.index.snapshot import Snapshot
 
@@ -43,18 +43,19 @@ def retrieve(
     for s, seg in enumerate(snap.segments):
         voff, order = seg.vector_ivf(snap.codec.ncentroids)
         voff = voff.to(dev)
+        order = order.to(dev)
         lens = voff[cells + 1] - voff[cells]
         idx = ranges(voff[cells], lens)  # into `order`, one entry per (query token, probed vector)
         if idx.numel() == 0:
             continue
-        pos = order.to(dev)[idx]
+        pos = order[idx]
         tok = tok_of_pair.repeat_interleave(lens, output_size=idx.numel())
-        doc = seg.doc_of(pos.cpu()).to(dev)
+        doc = seg.doc_of(pos).to(dev)
         live = mask[bases[s] : bases[s + 1]].to(dev)[doc]
         pos, tok, doc = pos[live], tok[live], doc[live]
         # decompress each distinct probed vector once, then one dot product per (token, vector) entry
         uniq, inv = torch.unique(pos, return_inverse=True)
-        vecs = snap.codec.decompress(seg.codes[uniq.cpu()], seg.residuals[uniq.cpu()])
+        vecs = snap.codec.decompress(take(seg.codes, uniq), take(seg.residuals, uniq))
         sim = (vecs.index_select(0, inv) * q.index_select(0, tok)).sum(1)
         stats["decompressed_vectors"] = stats.get("decompressed_vectors", 0) + int(uniq.numel())
         stats["dot_products"] = stats.get("dot_products", 0) + int(sim.numel())
@@ -62,7 +63,7 @@ def retrieve(
         docs.append(doc + bases[s])
         sims.append(sim)
         if with_token_ids:
-            tids.append(seg.token_ids[pos.cpu()].to(dev))
+            tids.append(take(seg.token_ids, pos).to(dev))
     if not toks:
         e = torch.empty(0, device=dev)
         out = (e.long(), e.long(), e)
