@@ -62,7 +62,7 @@ def evaluate(
             )
         search_fn = None
     else:
-        search_fn = methods.get_method(method)  # fail on a bad method before loading anything
+        search_fn = methods.get_method(method, params)  # fail on a bad method before loading anything
 
     dataset = load_beir(data_dir, split)
     if not dataset.queries:

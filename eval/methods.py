@@ -36,8 +36,6 @@ SearchFn = Callable[[torch.Tensor, PackedDocuments, Sequence[str], SearchOptions
 
 def exact(queries: torch.Tensor, docs: PackedDocuments, ids: Sequence[str], opts: SearchOptions) -> Hits:
     """Exact MaxSim over every document."""
-    if opts.params:
-        raise MethodError(f"method 'exact' takes no parameters, got {', '.join(sorted(opts.params))}")
     scores, idx = maxsim_topk(queries, docs, opts.k, device=opts.device)
     return [
         [(ids[i], s) for i, s in zip(row_i.tolist(), row_s.tolist(), strict=True)]
@@ -83,9 +81,25 @@ def available_methods() -> list[str]:
     return list(BUILTIN) + [m for m in index_methods() if m not in BUILTIN]
 
 
-def get_method(name: str) -> SearchFn:
+def get_method(name: str, params: dict | None = None) -> SearchFn:
+    """The search function for ``name``; ``params`` are checked now, before any encoding is spent."""
     if name in BUILTIN:
+        if params:
+            raise MethodError(f"method {name!r} takes no parameters, got {', '.join(sorted(params))}")
         return BUILTIN[name]
     if name in index_methods():
+        _check_index_params(name, params or {})
         return via_index(name)
     raise MethodError(f"unknown search method {name!r} (available: {', '.join(available_methods())})")
+
+
+def _check_index_params(method: str, params: dict) -> None:
+    try:
+        from tessera.index.methods import METHODS
+        from tessera.index.validation import check_params
+    except ImportError:  # checked by the index at search time instead
+        return
+    try:
+        check_params(method, params, METHODS[method].PARAMS)
+    except ValueError as exc:
+        raise MethodError(f"method {method!r}: {exc}") from None
