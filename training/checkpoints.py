@@ -39,26 +39,46 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
-def load_backbone(name: str):
-    """(backbone model, tokenizer) from a folder or hub id, without any pooling head."""
-    from transformers import AutoModel, AutoTokenizer
+def load_backbone(name: str, masked_lm: bool = False):
+    """(backbone model, tokenizer) from a folder or hub id, without any pooling head (with its masked-LM
+    head when ``masked_lm``; a head missing from the checkpoint is initialised at random)."""
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     path = resolve_backbone(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        try:
-            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
-        except TypeError:
-            model = AutoModel.from_pretrained(path)
+        if masked_lm:
+            model = AutoModelForMaskedLM.from_pretrained(path)
+        else:
+            try:
+                model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            except TypeError:
+                model = AutoModel.from_pretrained(path)
     except OSError as exc:
         raise ModelError(f"cannot load backbone {name!r}: {exc}") from None
     return model, tokenizer
 
 
+def build_encoder(backbone, tokenizer, config: EncoderConfig, device: str = "cpu"):
+    """The encoder a config describes: multi-vector (CRISP-clustered when set) or DupMAE dense."""
+    if config.kind == "dupmae":
+        from tessera.training.dupmae import DenseEncoder, DupMAEModel
+
+        return DenseEncoder(DupMAEModel(backbone, config), tokenizer, config, device=device)
+    if config.kind != "multivector":
+        raise ModelError(f"unknown model kind {config.kind!r} (this Tessera knows multivector and dupmae)")
+    if config.clustered:
+        from tessera.training.crisp import ClusterSpec, CRISPModel
+
+        model = CRISPModel(backbone, config.dim, ClusterSpec.from_config(config))
+        return Encoder(model, tokenizer, config, device=device)
+    return Encoder(MultiVectorModel(backbone, config.dim), tokenizer, config, device=device)
+
+
 def new_encoder(config: EncoderConfig, device: str = "cpu") -> Encoder:
     """A fresh encoder over a pretrained backbone with a randomly initialised projection."""
-    backbone, tokenizer = load_backbone(config.backbone)
-    return Encoder(MultiVectorModel(backbone, config.dim), tokenizer, config, device=device)
+    backbone, tokenizer = load_backbone(config.backbone, masked_lm=config.kind == "dupmae")
+    return build_encoder(backbone, tokenizer, config, device=device)
 
 
 def save_checkpoint(encoder: Encoder, path: str | Path, adapter: dict | None = None, extra: dict | None = None) -> Path:
@@ -101,17 +121,24 @@ def _load_tessera(path: Path, device: str) -> Encoder:
         )
     config = EncoderConfig.from_dict(meta["encoder"])
     source = meta.get("backbone", {}).get("source", "embedded")
-    backbone, tokenizer = load_backbone(str(path / "backbone") if source == "embedded" else config.backbone)
+    backbone, tokenizer = load_backbone(str(path / "backbone") if source == "embedded" else config.backbone,
+                                        masked_lm=config.kind == "dupmae")
     if meta.get("adapter"):
         backbone = merge_lora(backbone, meta["adapter"], load_file(str(path / "adapter.safetensors")))
-    model = MultiVectorModel(backbone, config.dim)
+    encoder = build_encoder(backbone, tokenizer, config, device=device)
+    model = encoder.model
     weight = load_file(str(path / "projection.safetensors"))["weight"].float()
     if tuple(weight.shape) != tuple(model.linear.weight.shape):
         raise ModelError(f"{path}: projection shape {tuple(weight.shape)} does not fit the backbone")
     with torch.no_grad():
         model.linear.weight.copy_(weight)
+    load_extra = getattr(model, "load_extra_state_dict", None)
+    if load_extra is not None:
+        if not (path / "extra.safetensors").is_file():
+            raise ModelError(f"{path}: extra.safetensors is missing")
+        load_extra(load_file(str(path / "extra.safetensors")))
     model.eval()
-    return Encoder(model, tokenizer, config, device=device)
+    return encoder
 
 
 def merge_lora(backbone, adapter_config: dict, tensors: dict[str, torch.Tensor]):

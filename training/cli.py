@@ -11,7 +11,9 @@ from tessera.training.trainer import TrainConfig, Trainer
 _HELP = {
     "data": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
     "out": "output folder: checkpoints, resume state, and the final model in OUT/model",
-    "objective": "training objective",
+    "objective": "training objective: colbert; xtr (in-batch token retrieval); crisp (k-means clustered "
+    "representatives); dupmae (pre-training on unlabelled text, e.g. with --pairs crops); dense "
+    "(contrastive fine-tuning of a DupMAE model, e.g. --init OUT/model of a dupmae run)",
     "pairs": "'qrels' (labelled queries) or 'crops' (two random crops of each document; no labels needed)",
     "backbone": "Hugging Face checkpoint folder or hub id of the BERT-family backbone",
     "init": "start from an existing multi-vector checkpoint (folder, hub id or 'default')",
@@ -25,6 +27,16 @@ _HELP = {
     "device": "cpu or cuda",
     "amp": "bf16 mixed precision on CUDA",
     "threads": "torch CPU threads (default: torch's choice)",
+    "k_train": "xtr: document tokens each query token retrieves from the whole batch",
+    "xtr_temperature": "xtr: softmax temperature over the normalised XTR scores",
+    "crisp": "crisp variant: C{q}x{d} fixed cluster counts (C4x8, C8x32; q=0 leaves queries unclustered) "
+    "or R{f} / R{fq}x{fd} fractions of each text's tokens (R0.25, R0.5)",
+    "cluster_iters": "crisp: Lloyd (k-means) iterations in each forward pass",
+    "encoder_mask": "dupmae: fraction of ordinary tokens masked for the encoder's masked-LM loss",
+    "decoder_mask": "dupmae: fraction of tokens each position of the enhanced decoder cannot see",
+    "bow_weight": "dupmae: weight of the bag-of-words loss",
+    "bow_dim": "dupmae/dense: hashed buckets of the bag-of-words part of the dense vector (0: [CLS] only)",
+    "bow_topk": "dupmae/dense: pooled vocabulary entries kept in the bag-of-words part",
 }
 
 

@@ -22,6 +22,23 @@ class EncoderConfig:
     attend_to_mask_tokens: bool = False
     # Documents keep at most this many vectors (None: all tokens). CRISP models set it.
     doc_clusters: int | None = None
+    # CRISP: queries reduced to this many k-means representatives, or to a fraction of their tokens
+    # (ratios take the place of the counts when set); Lloyd iterations of the clustering.
+    query_clusters: int | None = None
+    query_cluster_ratio: float | None = None
+    doc_cluster_ratio: float | None = None
+    cluster_iters: int = 4
+    # "multivector" (token vectors, MaxSim) or "dupmae" (one dense vector per text: [CLS] projected to
+    # `dim` and the pooled vocabulary vector's top `bow_topk` entries hashed into `bow_dim` buckets).
+    kind: str = "multivector"
+    bow_dim: int = 256
+    bow_topk: int = 64
+
+    @property
+    def clustered(self) -> bool:
+        """True for CRISP models (queries or documents reduced to cluster representatives)."""
+        return any(v is not None for v in (self.query_clusters, self.doc_clusters, self.query_cluster_ratio,
+                                            self.doc_cluster_ratio))
 
     def to_dict(self) -> dict:
         return asdict(self)

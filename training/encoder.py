@@ -107,12 +107,14 @@ class Encoder:
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """[N, query_maxlen, dim] float32 query vectors."""
+        """[N, query_maxlen, dim] float32 query vectors ([N, clusters, dim] for CRISP models)."""
         self.model.eval()
         out = []
+        reduce = getattr(self.model, "reduce_queries", None)  # e.g. CRISP: [B, Lq, dim] -> [B, K, dim]
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenize_queries(texts[i : i + batch_size])
-            out.append(self.query_forward(ids, mask).float().cpu())
+            q = self.query_forward(ids, mask)
+            out.append((reduce(q) if reduce is not None else q).float().cpu())
         if not out:
             return torch.empty(0, self.config.query_maxlen, self.dim)
         return torch.cat(out)

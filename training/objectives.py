@@ -48,6 +48,8 @@ class ColBERTObjective:
     in-batch negatives; optional KL distillation from teacher scores."""
 
     name = "colbert"
+    # constructor argument -> TrainConfig field it is read from
+    options = {"distill_weight": "distill_weight"}
 
     def __init__(self, distill_weight: float = 1.0) -> None:
         self.distill_weight = distill_weight
@@ -72,4 +74,19 @@ class ColBERTObjective:
         return loss, logs
 
 
-OBJECTIVES = {"colbert": ColBERTObjective}
+# name -> "module:Class", imported on use (the objective modules import this one)
+OBJECTIVES = {
+    "colbert": "tessera.training.objectives:ColBERTObjective",
+    "xtr": "tessera.training.xtr:XTRObjective",
+    "crisp": "tessera.training.crisp:CRISPObjective",
+    "dupmae": "tessera.training.dupmae:DupMAEObjective",
+    "dense": "tessera.training.dupmae:DenseObjective",
+}
+
+
+def get_objective(name: str) -> type:
+    """The objective class registered under ``name``."""
+    import importlib
+
+    module, _, attr = OBJECTIVES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -22,7 +22,7 @@ from tessera.errors import DataError
 from tessera.training import negatives as neg
 from tessera.training.checkpoints import load_encoder, new_encoder, save_checkpoint
 from tessera.training.config import EncoderConfig
-from tessera.training.objectives import OBJECTIVES, Batch
+from tessera.training.objectives import OBJECTIVES, Batch, get_objective
 from tessera.training.pairs import CropSource, QrelsSource
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,18 @@ class TrainConfig:
     lora_dropout: float = 0.0
     teacher_scores: str | None = None
     distill_weight: float = 1.0
+    # XTR
+    k_train: int = 128
+    xtr_temperature: float = 0.05
+    # CRISP
+    crisp: str = "C4x8"
+    cluster_iters: int = 4
+    # DupMAE (pre-training) and dense (DupMAE model) fine-tuning
+    encoder_mask: float = 0.3
+    decoder_mask: float = 0.5
+    bow_weight: float = 0.1
+    bow_dim: int = 256
+    bow_topk: int = 64
     seed: int = 42
     save_every: int = 50
     device: str = "cpu"
@@ -126,24 +138,39 @@ class Trainer:
 
     def _build_model(self) -> None:
         c = self.config
+        # Objectives may shape the model (configure: its EncoderConfig; prepare: convert or check an
+        # encoder, build parts of their own such as DupMAE's decoder).
+        self.objective = get_objective(c.objective)(**self._objective_kwargs())
         if c.init:
             self.encoder = load_encoder(c.init, device=c.device)
         else:
             cfg = EncoderConfig(backbone=c.backbone, dim=c.dim, query_maxlen=c.query_maxlen, doc_maxlen=c.doc_maxlen)
+            configure = getattr(self.objective, "configure", None)
+            if configure is not None:
+                cfg = configure(cfg)
             torch.manual_seed(c.seed)
             self.encoder = new_encoder(cfg, device=c.device)
+        prepare = getattr(self.objective, "prepare", None)
+        if prepare is not None:
+            torch.manual_seed(c.seed + 1)
+            self.encoder = prepare(self.encoder)
         model = self.encoder.model
         if c.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
             self.lora_config = {"r": c.lora_rank, "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout,
-                                "target_modules": LORA_TARGETS}
+                                "target_modules": getattr(model, "lora_targets", LORA_TARGETS)}
             model.backbone = get_peft_model(model.backbone, LoraConfig(**self.lora_config))
         model.to(self.encoder.device)
-        self.objective = OBJECTIVES[c.objective](**self._objective_kwargs())
+        # parts of the model trained in full beside LoRA and saved as extra state (DupMAE's MLM head)
+        extras = [p for p in (model.extra_parameters() if hasattr(model, "extra_parameters") else [])
+                  if not p.requires_grad]
+        for p in extras:
+            p.requires_grad_(True)
         extra = getattr(self.objective, "parameters", None)
-        head = list(model.linear.parameters()) + (list(extra()) if extra else [])
-        body = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
+        head = list(model.linear.parameters()) + extras + (list(extra()) if extra else [])
+        taken = {id(p) for p in head}
+        body = [p for n, p in model.backbone.named_parameters() if p.requires_grad and id(p) not in taken]
         groups = [{"params": body, "lr": c.lr}, {"params": head, "lr": c.projection_lr, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.source) / c.batch_size)
@@ -156,11 +183,18 @@ class Trainer:
         )
 
     def _objective_kwargs(self) -> dict:
-        return {"distill_weight": self.config.distill_weight} if self.config.objective == "colbert" else {}
+        """Constructor arguments of the objective, read from the TrainConfig fields it names."""
+        options = getattr(get_objective(self.config.objective), "options", {})
+        return {arg: getattr(self.config, field) for arg, field in options.items()}
+
+    def _objective_parameters(self) -> dict[str, torch.nn.Parameter]:
+        named = getattr(self.objective, "named_parameters", None)
+        return {f"objective.{n}": p for n, p in named()} if named else {}
 
     # -- trainable state (small with LoRA) ------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().contiguous() for n, p in self.encoder.model.named_parameters() if p.requires_grad}
+        params = {**dict(self.encoder.model.named_parameters()), **self._objective_parameters()}
+        return {n: p.detach().cpu().contiguous() for n, p in params.items() if p.requires_grad}
 
     def _save_state(self, step: int, pools_name: str | None) -> None:
         tmp = self.out / "state.tmp"
@@ -190,7 +224,7 @@ class Trainer:
                 return 0, None
         state = json.loads((self.state_dir / "trainer_state.json").read_text())
         tensors = load_file(str(self.state_dir / "trainable.safetensors"))
-        params = dict(self.encoder.model.named_parameters())
+        params = {**dict(self.encoder.model.named_parameters()), **self._objective_parameters()}
         with torch.no_grad():
             for n, t in tensors.items():
                 params[n].copy_(t)
@@ -210,6 +244,9 @@ class Trainer:
         queries = {q: self.dataset.queries[q] for q in self.source.qids}
         if kind == "bm25":
             ranks = neg.bm25_rankings(self.corpus, queries, depth=c.negative_depth)
+        elif hasattr(self.encoder, "model_rankings"):  # encoders that are not multi-vector (dense)
+            ranks = self.encoder.model_rankings(self.corpus, queries, depth=c.negative_depth)
+            self.encoder.model.train()
         else:
             ranks = neg.model_rankings(self.encoder, self.corpus, queries, depth=c.negative_depth)
             self.encoder.model.train()
@@ -274,11 +311,11 @@ class Trainer:
                     loss, logs = self.objective.loss(self.encoder, batch)
                 (loss / c.grad_accum).backward()
                 docs_seen += len(batch.docs)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
             self.optimizer.step()
             self.scheduler.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", docs_s=f"{docs_seen / max(1e-9, time.time() - t0):.1f}",
+            bar.set_postfix(loss=f"{loss.item():.3f}", docs_s=f"{docs_seen / max(1e-9, time.time() - t0):.1f}",
                             lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
             if (step + 1) % c.save_every == 0 or step + 1 == self.total_steps:
                 self._save_state(step + 1, current_pool)
