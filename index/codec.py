@@ -54,6 +54,7 @@ class ResidualCodec:
         self.nbits = nbits
         self.normalize = bool(normalize)
         self.train_error = float(train_error)
+        self.trained_on = 0  # vectors the centroids were trained on (drives re-training as data grows)
         self.dim = dim
         self.per_byte = per
         self.bytes_per_vector = dim // per
@@ -122,10 +123,11 @@ class ResidualCodec:
         weights = torch.from_numpy(np.quantile(res, w_q, axis=0).T.astype(np.float32).copy())
         codec = cls(centroids, cutoffs, weights, nbits, normalize, 0.0)
         codec.train_error = codec.reconstruction_error(held)
+        codec.trained_on = n
         return codec.to(device) if torch.device(device).type != "cpu" else codec
 
     def to(self, device: str | torch.device) -> ResidualCodec:
-        return ResidualCodec(
+        moved = ResidualCodec(
             self.centroids.cpu(),
             self.cutoffs,
             self.weights,
@@ -134,6 +136,8 @@ class ResidualCodec:
             self.train_error,
             device,
         )
+        moved.trained_on = self.trained_on
+        return moved
 
     # -- encoding ---------------------------------------------------------------------------------
     def assign(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -187,11 +191,17 @@ class ResidualCodec:
             "cutoffs": self.cutoffs.numpy(),
             "weights": self.weights.numpy(),
         }
-        return arrays, {"nbits": self.nbits, "normalize": self.normalize, "train_error": self.train_error}
+        meta = {
+            "nbits": self.nbits,
+            "normalize": self.normalize,
+            "train_error": self.train_error,
+            "trained_on": self.trained_on,
+        }
+        return arrays, meta
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict, device: str | torch.device = "cpu"):
-        return cls(
+        codec = cls(
             torch.from_numpy(np.array(arrays["centroids"])),
             torch.from_numpy(np.array(arrays["cutoffs"])),
             torch.from_numpy(np.array(arrays["weights"])),
@@ -200,3 +210,5 @@ class ResidualCodec:
             float(meta["train_error"]),
             device,
         )
+        codec.trained_on = int(meta.get("trained_on", 0))
+        return codec

@@ -13,6 +13,7 @@ import torch
 from tessera.index import exact
 from tessera.index.codec import ResidualCodec
 from tessera.index.errors import IndexCorruptError, IndexExistsError
+from tessera.index.kernels import take
 from tessera.index.segment import Segment
 from tessera.index.snapshot import Snapshot
 from tessera.index.storage import MANIFEST, read_arrays, read_manifest, write_arrays, write_manifest
@@ -30,6 +31,9 @@ DEFAULT_SETTINGS: dict = {
     "max_k": 100_000,
     "max_segments": 8,  # more segments than this after an add triggers a merge of the small ones
     "keep_vectors": False,  # also store fp16 originals: exact reranking at +2*dim bytes per vector
+    "auto_retrain": True,  # re-train centroids in the background when the data drifts or grows
+    "retrain_drift": 1.3,  # ... when new vectors' residual error exceeds this multiple of the training error
+    "retrain_growth": 4.0,  # ... or the live vectors exceed this multiple of those the codec was trained on
 }
 _OWN_FILE = re.compile(r"^(seg-\d+\.seg|seg-\d+\.del-\d+|codec-\d+\.codec|\..+\.tmp-[0-9a-f]+)$")
 
@@ -75,6 +79,8 @@ class MultiVectorIndex:
         # segment name -> (alive mask object that was saved, its manifest entry or None)
         self._tombstones: dict[str, tuple[torch.Tensor, dict | None]] = tombstones or {}
         self._closed = False
+        self._retrain_thread: threading.Thread | None = None
+        self.last_retrain_error: BaseException | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     @classmethod
@@ -152,6 +158,7 @@ class MultiVectorIndex:
 
     def close(self) -> None:
         if not self._closed:
+            self.wait_for_maintenance()
             if self.path is not None:
                 self.flush()
             self._closed = True
@@ -190,9 +197,7 @@ class MultiVectorIndex:
         full = sum(s.full_nbytes for s in snap.segments)
         disk = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) if self.path else 0
         per_vec = 4 + self.dim * self.nbits // 8
-        drift = None
-        if codec is not None and codec.train_error > 0 and stored:
-            drift = sum(s.error * s.n_vectors for s in snap.segments) / stored / codec.train_error
+        drift = self._drift(snap)
         return {
             "documents": len(snap.locations),
             "vectors": live_vectors,
@@ -209,6 +214,8 @@ class MultiVectorIndex:
             "full_vector_bytes": full,  # fp16 originals (keep_vectors), memory-mapped when on disk
             "disk_bytes": disk,
             "residual_drift": drift,
+            "codec_trained_on": codec.trained_on if codec else 0,
+            "retraining": self._retrain_thread is not None,
             "generation": self._generation,
             "device": str(self.device),
             "path": str(self.path) if self.path else None,
@@ -323,6 +330,9 @@ class MultiVectorIndex:
             snap = self._snap
             codec = snap.codec if snap.codec is not None else self._train_codec(docs.vectors)
             seg = Segment.build(self._new_segment_name(), ids, docs, codec, self.settings["keep_vectors"])
+            if seg.vectors is None and self._retrain_due(snap, codec, seg):
+                # keep the originals until re-training, so that re-encoding them loses nothing
+                seg.vectors = docs.vectors.to(torch.float16).contiguous()
             seg = seg.to(self.device)
             alive = list(snap.alive)
             locations = dict(snap.locations)
@@ -341,6 +351,8 @@ class MultiVectorIndex:
             )
             if len(self._snap.segments) > self.settings["max_segments"]:
                 self._merge_small()
+            if self.settings["auto_retrain"] and self._needs_retrain():
+                self.retrain(background=True)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; returns how many of them existed."""
@@ -403,6 +415,137 @@ class MultiVectorIndex:
             for i in mask.nonzero().flatten().tolist():
                 locations[seg.ids[i]] = (s, i)
         self._publish(Snapshot(snap.codec, tuple(segments), tuple(alive), locations, self._generation))
+
+    # -- re-training ------------------------------------------------------------------------------
+    def _needs_retrain(self) -> bool:
+        snap = self._snap
+        codec = snap.codec
+        if codec is None or not codec.trained_on or self._retrain_thread is not None:
+            return False
+        live = int((snap.lengths_all * snap.alive_all).sum())
+        drift = self._drift(snap) or 0.0
+        grown = live > self.settings["retrain_growth"] * codec.trained_on
+        return grown or drift > self.settings["retrain_drift"]
+
+    def _retrain_due(self, snap: Snapshot, codec: ResidualCodec, seg: Segment) -> bool:
+        """Will adding ``seg`` make (or has it made) re-training necessary?"""
+        if not self.settings["auto_retrain"] or not codec.trained_on:
+            return False
+        if self._retrain_thread is not None or snap.codec is None:
+            return self._retrain_thread is not None
+        live = int((snap.lengths_all * snap.alive_all).sum()) + seg.n_vectors
+        drifted = codec.train_error > 0 and seg.error / codec.train_error > self.settings["retrain_drift"]
+        return drifted or live > self.settings["retrain_growth"] * codec.trained_on
+
+    @staticmethod
+    def _drift(snap: Snapshot) -> float | None:
+        """Mean residual error of the stored vectors relative to the codec's training error."""
+        stored = sum(s.n_vectors for s in snap.segments)
+        if snap.codec is None or snap.codec.train_error <= 0 or not stored:
+            return None
+        return sum(s.error * s.n_vectors for s in snap.segments) / stored / snap.codec.train_error
+
+    def retrain(self, background: bool = False) -> None:
+        """Train new centroids and residual buckets on the live documents and re-encode everything.
+
+        The work runs without blocking searches or writers; the result is swapped in atomically, and
+        documents added, replaced or deleted meanwhile are carried over. ``background=True`` returns
+        at once (``wait_for_maintenance`` joins it)."""
+        self._check_open()
+        with self._lock:
+            if self._retrain_thread is not None:
+                if not background:
+                    self.wait_for_maintenance()
+                    return self.retrain()
+                return
+            if background:
+                self._retrain_thread = threading.Thread(
+                    target=self._retrain_guarded, name="tessera-retrain", daemon=True
+                )
+                self._retrain_thread.start()
+                return
+        self._retrain_work()
+
+    def wait_for_maintenance(self) -> None:
+        """Wait for a background re-training to finish (re-raising nothing; see last_retrain_error)."""
+        thread = self._retrain_thread
+        if thread is not None:
+            thread.join()
+
+    def _retrain_guarded(self) -> None:
+        try:
+            self._retrain_work()
+        except BaseException as exc:  # noqa: BLE001 - a failed re-train leaves the index as it was
+            log.exception("background re-training failed")
+            self.last_retrain_error = exc
+        finally:
+            self._retrain_thread = None
+
+    def _live_vectors(self, seg: Segment, codec: ResidualCodec, local: torch.Tensor) -> PackedDocuments:
+        """The given documents' vectors (originals when kept, else decompressed) as fp16 on the CPU."""
+        pos = seg.positions(local)
+        if seg.vectors is not None:
+            vecs = take(seg.vectors, pos).cpu()
+        else:
+            vecs = (
+                torch.cat(
+                    [
+                        codec.decompress(take(seg.codes, p), take(seg.residuals, p)).half().cpu()
+                        for p in pos.split(1 << 16)
+                    ]
+                )
+                if pos.numel()
+                else torch.empty(0, self.dim).half()
+            )
+        return PackedDocuments(vecs, take(seg.token_ids, pos).cpu(), seg.lengths[local.to(seg.device)].cpu())
+
+    def _retrain_work(self) -> None:
+        start = self._snap
+        old = start.codec
+        if old is None:
+            return
+        parts = [(s, a.nonzero().flatten()) for s, a in zip(start.segments, start.alive, strict=True)]
+        parts = [(s, loc) for s, loc in parts if loc.numel()]
+        if not parts:
+            return
+        docs = PackedDocuments.concat([self._live_vectors(s, old, loc) for s, loc in parts])
+        ids = [s.ids[i] for s, loc in parts for i in loc.tolist()]
+        codec = self._train_codec(docs.vectors)
+        with self._lock:
+            name = self._new_segment_name()
+        rebuilt = Segment.build(name, ids, docs, codec, self.settings["keep_vectors"]).to(self.device)
+        del docs
+        with self._lock:
+            now = self._snap
+            before = {id(s) for s in start.segments}
+            segments, alive = [], []
+            # documents of the rebuilt segment stay alive unless deleted or replaced meanwhile
+            mask = torch.tensor(
+                [id(now.segments[loc[0]]) in before if (loc := now.locations.get(x)) else False for x in ids],
+                dtype=torch.bool,
+            )
+            segments.append(rebuilt)
+            alive.append(mask)
+            for seg, a in zip(now.segments, now.alive, strict=True):
+                if id(seg) in before:
+                    continue
+                every = torch.arange(seg.n_docs)
+                fresh = Segment.build(
+                    self._new_segment_name(),
+                    seg.ids,
+                    self._live_vectors(seg, old, every),
+                    codec,
+                    self.settings["keep_vectors"],
+                ).to(self.device)
+                segments.append(fresh)
+                alive.append(a)
+            locations: dict[str, tuple[int, int]] = {}
+            for s, (seg, m) in enumerate(zip(segments, alive, strict=True)):
+                for i in m.nonzero().flatten().tolist():
+                    locations[seg.ids[i]] = (s, i)
+            self._codec_entry = None
+            self._publish(Snapshot(codec, tuple(segments), tuple(alive), locations, self._generation))
+            log.info("re-trained the index codec: %d -> %d centroids", old.ncentroids, codec.ncentroids)
 
     # -- durability -------------------------------------------------------------------------------
     def flush(self) -> None:
