@@ -5,7 +5,8 @@ from __future__ import annotations
 from tessera.index import MultiVectorIndex
 
 DIM = 64
-SETTINGS = {"ncentroids": 512, "kmeans_niter": 6}
+# background re-training is switched off unless a test is about it (it makes results time-dependent)
+SETTINGS = {"ncentroids": 512, "kmeans_niter": 6, "auto_retrain": False}
 
 
 def build(docs, ids, path=None, **settings) -> MultiVectorIndex:

@@ -9,7 +9,8 @@ from index_helpers import build
 
 def test_concurrent_search_and_updates(tmp_path, corpus, doc_ids, queries):
     docs = corpus.docs
-    index = build(docs.select(range(150)), doc_ids[:150], tmp_path / "idx", max_segments=3)
+    # re-training may start in the background as well: it must not disturb anything either
+    index = build(docs.select(range(150)), doc_ids[:150], tmp_path / "idx", max_segments=3, auto_retrain=True)
     index.flush()
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -65,6 +66,8 @@ def test_concurrent_search_and_updates(tmp_path, corpus, doc_ids, queries):
     assert not deleted_for_good & set(index.ids())
     for row in index.search(queries, k=20, method="plaid"):
         assert not deleted_for_good & {h.id for h in row}
+    index.wait_for_maintenance()
+    assert index.last_retrain_error is None
     index.flush()
     from tessera.index import MultiVectorIndex
 

@@ -23,7 +23,13 @@ def test_drift_triggers_background_retrain_and_quality_matches_fresh_build(
     tmp_path, corpus, doc_ids, queries, truth, split
 ):
     first, rest = split
-    index = build(corpus.docs.select(first), [doc_ids[i] for i in first], tmp_path / "idx", ncentroids=256)
+    index = build(
+        corpus.docs.select(first),
+        [doc_ids[i] for i in first],
+        tmp_path / "idx",
+        ncentroids=256,
+        auto_retrain=True,
+    )
     old_codec = index.snapshot.codec
     _add(index, corpus, doc_ids, rest)  # drift ~2x the training error: re-training starts
     index.wait_for_maintenance()
