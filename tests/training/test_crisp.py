@@ -3,10 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import config as train_config
-
-from tessera.errors import DataError
-from tessera.scoring import maxsim_scores
 from tessera.training.checkpoints import load_encoder, save_checkpoint
 from tessera.training.crisp import (
     ClusterSpec,
@@ -19,6 +15,10 @@ from tessera.training.crisp import (
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
 from tessera.training.trainer import Trainer
+from test_trainer import config as train_config
+
+from tessera.errors import DataError
+from tessera.scoring import maxsim_scores
 
 
 def _naive_kmeans(vectors, k, iters):
@@ -185,7 +185,8 @@ def test_crisp_training_end_to_end_reloads(tmp_path, tiny_bert_dir):
     assert isinstance(loaded.model, CRISPModel)
     assert (loaded.config.query_clusters, loaded.config.doc_clusters) == (2, 4)
     q = ["what about red fish"]
-    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q),
+                               atol=1e-5, rtol=1e-4)
     docs = loaded.encode_documents(["the red fish study of red fish in human data", "dog"])
     assert docs.lengths.max() <= 4 and (docs.token_ids == -1).all()
 

@@ -5,14 +5,13 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import config as train_config
-
 from tessera.training.checkpoints import load_encoder
 from tessera.training.losses import colbert_scores
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
 from tessera.training.trainer import Trainer
 from tessera.training.xtr import XTRObjective, xtr_scores
+from test_trainer import config as train_config
 
 
 def _data(seed=0, b=3, lq=4, n=5, ld=6, dim=8):
@@ -119,7 +118,8 @@ def test_xtr_training_end_to_end_reloads(tmp_path, tiny_bert_dir):
     path = trainer.train()
     loaded = load_encoder(str(path))
     q = ["what about red fish"]
-    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_cli_offers_the_new_objectives_and_their_options():
@@ -127,7 +127,8 @@ def test_cli_offers_the_new_objectives_and_their_options():
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--out", "x", "--objective", "xtr", "--k-train", "32", "--crisp", "C8x32"])
+    args = parser.parse_args(["train", "--out", "x", "--objective", "xtr", "--k-train", "32",
+                              "--crisp", "C8x32"])
     assert (args.objective, args.k_train, args.crisp) == ("xtr", 32, "C8x32")
     for name in ("crisp", "dupmae", "dense"):
         assert parser.parse_args(["train", "--out", "x", "--objective", name]).objective == name
