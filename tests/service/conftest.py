@@ -70,3 +70,23 @@ def module_db_url(request, tmp_path_factory):
     request.getfixturevalue("pg_available")
     with fresh_pg_database() as url:
         yield url
+
+
+# -- a tiny model -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_bert_dir, tmp_path_factory):
+    """A saved Tessera checkpoint over the tiny BERT (dim 16), usable as a collection's model."""
+    import torch
+    from tessera.training.checkpoints import new_encoder, save_checkpoint
+    from tessera.training.config import EncoderConfig
+
+    torch.manual_seed(0)
+    enc = new_encoder(EncoderConfig(backbone=str(tiny_bert_dir), dim=16, query_maxlen=12, doc_maxlen=32))
+    return save_checkpoint(enc, tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
