@@ -88,6 +88,11 @@ def kmeans_assign(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, iters: 
     x [B, L, dim], valid [B, L] bool, k [B] clusters per row (at most the row's valid count).
     Deterministic: centroids start at evenly spaced valid tokens; an empty cluster keeps its centroid.
     """
+    with torch.autocast(x.device.type, enabled=False):  # distances in fp32 even under mixed precision
+        return _kmeans_assign(x, valid, k, iters)
+
+
+def _kmeans_assign(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, iters: int) -> torch.Tensor:
     b, length, _ = x.shape
     x = x.detach().float()
     n = valid.sum(1)

@@ -198,3 +198,15 @@ def test_crisp_starts_from_an_existing_colbert_checkpoint(tmp_path, tiny_bert_di
     loaded = load_encoder(str(path))
     assert isinstance(loaded.model, CRISPModel) and loaded.config.query_cluster_ratio == 0.5
     assert loaded.encode_queries(["red fish"]).shape == (1, 6, 16)  # half of query_maxlen 12
+
+
+def test_crisp_loss_runs_under_bf16_autocast(tiny_encoder):
+    """Mixed precision (``--amp`` on CUDA autocasts to bf16); CPU autocast exercises the same casts."""
+    obj = CRISPObjective("C2x4")
+    enc = obj.prepare(tiny_encoder)
+    batch = Batch.from_examples([Example("cancer cells", ["cancer cells in mice", "dog"], ["a", "b"], {"a"}),
+                                 Example("a red fish", ["red fish", "blue sun"], ["c", "d"], {"c"})])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = obj.loss(enc, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and enc.model.linear.weight.grad.abs().sum() > 0

@@ -315,3 +315,15 @@ def test_pretraining_resumes_with_its_decoder(tmp_path, tiny_bert_dir):
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     _same_vectors(load_encoder(str(full)), load_encoder(str(resumed)))
+
+
+def test_dupmae_and_dense_losses_run_under_bf16_autocast(dense):
+    """Mixed precision (``--amp`` on CUDA autocasts to bf16); CPU autocast exercises the same casts."""
+    pre = DupMAEObjective(bow_dim=16, bow_topk=5)
+    pre.prepare(dense)
+    batch = Batch.from_examples([Example("cancer cells", TEXTS[:2], ["a", "b"], {"a"}),
+                                 Example("red fish", [TEXTS[2], "moon star"], ["c", "d"], {"c"})])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = pre.loss(dense, batch)[0] + DenseObjective(bow_dim=16, bow_topk=5).loss(dense, batch)[0]
+    loss.backward()
+    assert torch.isfinite(loss) and dense.model.linear.weight.grad.abs().sum() > 0

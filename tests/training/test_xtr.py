@@ -132,3 +132,13 @@ def test_cli_offers_the_new_objectives_and_their_options():
     assert (args.objective, args.k_train, args.crisp) == ("xtr", 32, "C8x32")
     for name in ("crisp", "dupmae", "dense"):
         assert parser.parse_args(["train", "--out", "x", "--objective", name]).objective == name
+
+
+def test_xtr_loss_runs_under_bf16_autocast(tiny_encoder):
+    """Mixed precision (``--amp`` on CUDA autocasts to bf16); CPU autocast exercises the same casts."""
+    batch = Batch.from_examples([Example("cancer cells", ["cancer cells in mice", "dog"], ["a", "b"], {"a"}),
+                                 Example("a red fish", ["red fish", "blue sun"], ["c", "d"], {"c"})])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = XTRObjective(k_train=8).loss(tiny_encoder, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and tiny_encoder.model.linear.weight.grad.abs().sum() > 0
