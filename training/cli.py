@@ -16,7 +16,8 @@ _HELP = {
     "(contrastive fine-tuning of a DupMAE model, e.g. --init OUT/model of a dupmae run)",
     "pairs": "'qrels' (labelled queries) or 'crops' (two random crops of each document; no labels needed)",
     "backbone": "Hugging Face checkpoint folder or hub id of the BERT-family backbone",
-    "init": "start from an existing multi-vector checkpoint (folder, hub id or 'default')",
+    "init": "start from an existing checkpoint (folder, hub id or 'default'; dense/dupmae: a DupMAE one)",
+    "dim": "vector dimension (dupmae/dense: of the projected [CLS] part)",
     "negatives": "hard negatives per query (plus in-batch negatives)",
     "negatives_from": "hard-negative source: bm25, model, or bm25+model (model-mined ones replace BM25's "
     "after --model-negatives-at of the run)",
