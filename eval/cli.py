@@ -49,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=1000, choices=[100, 1000], help="documents retrieved per query")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size")
     p.add_argument(
-        "--cache-dir", default=None, help="encoding cache (default: $TESSERA_CACHE_DIR or ~/.cache/tessera)"
+        "--cache-dir", default=None, help="encoding cache (None: $TESSERA_CACHE_DIR, else ~/.cache/tessera)"
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached encodings")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
     p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object (the last stdout line)"
     )
