@@ -302,7 +302,8 @@ class Engine:
                 try:
                     self._create_index(None, slot.dim, settings)  # validates the settings
                 except ValueError as exc:
-                    raise InvalidArgument(str(exc), field="settings") from None
+                    where = "settings.index" if "setting" in str(exc) else "settings"
+                    raise InvalidArgument(str(exc), field=where) from None
                 try:
                     rec = self.store.create_collection(name, spec, slot.dim, settings)
                 except DuplicateCollection as exc:
