@@ -181,12 +181,15 @@ class Segment:
         lengths = self.lengths[local]
         return ranges(self.offsets[local], lengths)
 
-    def vector_ivf(self, ncentroids: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inverted lists centroid -> vector positions (CSR: offsets [C+1], positions int64), cached."""
+    def vector_ivf(self, ncentroids: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inverted lists centroid -> vector positions, cached: (offsets [C+1], positions in centroid
+        order [T], the local document of each of those positions [T])."""
         if "vector_ivf" not in self.cache:
             order = torch.argsort(self.codes, stable=True)
             counts = torch.bincount(self.codes.long(), minlength=ncentroids)
-            self.cache["vector_ivf"] = (torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0)), order)
+            docs = self.doc_of(order).to(torch.int32)
+            offsets = torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0))
+            self.cache["vector_ivf"] = (offsets, order, docs)
         return self.cache["vector_ivf"]
 
     def doc_of(self, positions: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """XTR-style search (Lee et al., 2023): score documents from retrieved tokens only.
 
-Each query token probes its ``nprobe`` nearest centroids and scores the vectors stored there
-(centroid + decoded residual; only the vectors of probed cells are decompressed, never whole
-documents); it keeps its top ``k_prime`` tokens. A document's score sums, over query tokens, the best
-similarity among its retrieved tokens, or, when the token retrieved none of them, that token's
+Each query token probes its ``nprobe`` nearest centroids and scores the vectors stored there by
+asymmetric distance computation: <q, centroid> comes from the centroid scores and <q, residual> from
+a per-query-token lookup table over the packed residual bytes, so only the probed vectors are touched
+and nothing (least of all whole documents) is decompressed; it keeps its top ``k_prime`` tokens.
+A document's score sums, over query tokens, the best similarity among its retrieved tokens, or,
+when the token retrieved none of them, that token's
 missing-similarity estimate: the lowest similarity it retrieved (its k'-th best).
 """
 
@@ -22,6 +24,23 @@ def defaults(k: int) -> dict:
     return {"nprobe": 8 if k <= 10 else 16, "k_prime": max(256, 4 * k)}
 
 
+def residual_tables(snap: Snapshot, q: torch.Tensor) -> torch.Tensor:
+    """[m * B * 256] flat lookup tables: entry (i, j, b) = <q_i, residual part coded by byte j = b>."""
+    codec = snap.codec
+    lut = codec._lut.view(codec.bytes_per_vector, 256, codec.per_byte)
+    qv = q.view(q.shape[0], codec.bytes_per_vector, 1, codec.per_byte)
+    return (lut[None] * qv).sum(-1).reshape(-1).contiguous()
+
+
+def residual_scores(snap: Snapshot, lut: torch.Tensor, seg, tok: torch.Tensor, pos: torch.Tensor):
+    """<q_tok, residual> of stored vectors ``pos`` for query tokens ``tok`` (one per entry)."""
+    codec = snap.codec
+    nb = codec.bytes_per_vector
+    packed = take(seg.residuals, pos).to(lut.device)
+    base = (tok.to(torch.int32) * (nb * 256))[:, None] + codec._byte_base[None, :]
+    return take(lut, (packed.to(torch.int32) + base).view(-1)).view(-1, nb).sum(1)
+
+
 def retrieve(
     snap: Snapshot,
     q: torch.Tensor,
@@ -38,26 +57,25 @@ def retrieve(
     probes = S.topk(min(nprobe, S.shape[1]), dim=1).indices  # [Lq, nprobe]
     tok_of_pair = torch.arange(lq, device=dev).repeat_interleave(probes.shape[1])
     cells = probes.flatten()
+    pair_scores = S.gather(1, probes).flatten()
     bases = snap.bases.tolist()
+    lut = residual_tables(snap, q)
     toks, docs, sims, tids = [], [], [], []
     for s, seg in enumerate(snap.segments):
-        voff, order = seg.vector_ivf(snap.codec.ncentroids)
+        voff, order, order_docs = seg.vector_ivf(snap.codec.ncentroids)
         voff = voff.to(dev)
-        order = order.to(dev)
         lens = voff[cells + 1] - voff[cells]
         idx = ranges(voff[cells], lens)  # into `order`, one entry per (query token, probed vector)
         if idx.numel() == 0:
             continue
-        pos = order[idx]
+        pos = take(order, idx)
+        doc = take(order_docs, idx).long()
         tok = tok_of_pair.repeat_interleave(lens, output_size=idx.numel())
-        doc = seg.doc_of(pos).to(dev)
+        cent = pair_scores.repeat_interleave(lens, output_size=idx.numel())  # <q, centroid>
         live = mask[bases[s] : bases[s + 1]].to(dev)[doc]
-        pos, tok, doc = pos[live], tok[live], doc[live]
-        # decompress each distinct probed vector once, then one dot product per (token, vector) entry
-        uniq, inv = torch.unique(pos, return_inverse=True)
-        vecs = snap.codec.decompress(take(seg.codes, uniq), take(seg.residuals, uniq))
-        sim = (vecs.index_select(0, inv) * q.index_select(0, tok)).sum(1)
-        stats["decompressed_vectors"] = stats.get("decompressed_vectors", 0) + int(uniq.numel())
+        pos, tok, doc, cent = pos[live], tok[live], doc[live], cent[live]
+        sim = cent + residual_scores(snap, lut, seg, tok, pos)
+        stats["scored_vectors"] = stats.get("scored_vectors", 0) + int(sim.numel())
         stats["dot_products"] = stats.get("dot_products", 0) + int(sim.numel())
         toks.append(tok)
         docs.append(doc + bases[s])
@@ -78,19 +96,22 @@ def score_query(snap, q, S, p, mask, weights, stats):
     tok, doc, sim = retrieve(snap, q, S, p["nprobe"], mask, stats)
     if tok.numel() == 0:
         return sim, doc
-    # top k' per query token: sort by similarity, then stably by token; rank within the token's run
-    order = torch.argsort(sim, descending=True)
-    order = order[torch.argsort(tok[order], stable=True)]
-    tok, doc, sim = tok[order], doc[order], sim[order]
+    # top k' per query token: lay each token's entries out in one row of a padded matrix, then topk
+    if tok.numel() > 1 and bool((tok[1:] < tok[:-1]).any()):  # several segments: group by token
+        order = torch.argsort(tok, stable=True)
+        tok, doc, sim = tok[order], doc[order], sim[order]
     counts = torch.bincount(tok, minlength=lq)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(tok.numel(), device=tok.device) - starts[tok]
+    width = int(counts.max())
+    grid = torch.full((lq, width), float("-inf"), device=sim.device)
+    grid[tok, torch.arange(tok.numel(), device=tok.device) - starts[tok]] = sim
+    top = grid.topk(min(p["k_prime"], width), dim=1)
+    kept = counts.clamp_max(top.values.shape[1])
     # missing-similarity estimate: the lowest similarity each token kept (its k'-th; 0 if none)
-    kept = counts.clamp_max(p["k_prime"])
-    last = (starts + kept - 1).clamp_min(0).clamp_max(sim.numel() - 1)
-    missing = torch.where(kept > 0, sim[last], sim.new_zeros(lq))
-    keep = rank < p["k_prime"]
-    tok, doc, sim = tok[keep], doc[keep], sim[keep]
+    missing = torch.where(kept > 0, top.values.gather(1, (kept - 1).clamp_min(0)[:, None])[:, 0], 0.0)
+    valid = torch.isfinite(top.values)
+    entry = (starts[:, None] + top.indices)[valid]
+    tok, doc, sim = tok[entry], doc[entry], sim[entry]
     cand, slot = torch.unique(doc, return_inverse=True)
     best = torch.full((cand.numel() * lq,), float("-inf"), device=sim.device)
     best.scatter_reduce_(0, slot * lq + tok, sim, "amax")
