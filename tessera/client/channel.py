@@ -59,6 +59,10 @@ class Connection:
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
+            # reconnect soon after a failure, so that our own retries find a server that came back
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(self.max_backoff_s * 1000)),
         ]
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

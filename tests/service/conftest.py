@@ -76,13 +76,9 @@ def module_db_url(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_bert_dir, tmp_path_factory):
     """A saved Tessera checkpoint over the tiny BERT (dim 16), usable as a collection's model."""
-    import torch
-    from tessera.training.checkpoints import new_encoder, save_checkpoint
-    from tessera.training.config import EncoderConfig
+    from service_helpers import make_tiny_model
 
-    torch.manual_seed(0)
-    enc = new_encoder(EncoderConfig(backbone=str(tiny_bert_dir), dim=16, query_maxlen=12, doc_maxlen=32))
-    return save_checkpoint(enc, tmp_path_factory.mktemp("tiny_model") / "model")
+    return make_tiny_model(tiny_bert_dir, tmp_path_factory.mktemp("tiny_model") / "model")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -31,7 +31,7 @@ def make_docs(n: int, seed: int = 0, prefix: str = "d") -> list[dict]:
 def start_server(data_dir, **overrides):
     from tessera.service.server import ServerConfig, ServerThread
 
-    return ServerThread(ServerConfig(data_dir=data_dir, port=0, workers=8, **overrides)).start()
+    return ServerThread(ServerConfig(data_dir=data_dir, **{"port": 0, "workers": 8, **overrides})).start()
 
 
 def reference_index(model_dir, batches, **settings):
@@ -113,3 +113,14 @@ def make_tls_files(folder):
         out[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_key(key, out[f"{role}_key"])
     return out
+
+
+def make_tiny_model(bert_dir, out):
+    """A Tessera checkpoint over a tiny random BERT (dim 16, query_maxlen 12, doc_maxlen 32)."""
+    import torch
+    from tessera.training.checkpoints import new_encoder, save_checkpoint
+    from tessera.training.config import EncoderConfig
+
+    torch.manual_seed(0)
+    enc = new_encoder(EncoderConfig(backbone=str(bert_dir), dim=16, query_maxlen=12, doc_maxlen=32))
+    return save_checkpoint(enc, out)
