@@ -1,4 +1,4 @@
-"""Command line of the index engine: ``tessera bench search``.
+"""Command line of the index engine: ``tessera index build|info|search`` and ``tessera bench search``.
 
 ``bench`` is a command group: other parts of Tessera add their own ``bench`` subcommands through
 ``bench_subparsers(subparsers)``, which creates the group once and returns it afterwards.
@@ -29,6 +29,32 @@ def bench_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tessera.index.bench import ALL_METHODS
+
+    index = subparsers.add_parser("index", help="build, inspect and query an on-disk index")
+    isub = index.add_subparsers(dest="index_command", metavar="ACTION")
+    isub.required = True
+    b = isub.add_parser("build", help="encode a corpus (BEIR corpus.jsonl or folder) and build an index")
+    b.add_argument("--data", type=Path, required=True, help="corpus.jsonl or a BEIR folder holding one")
+    b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
+    b.add_argument("--out", type=Path, required=True, help="new index folder")
+    b.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    b.add_argument("--keep-vectors", action="store_true", help="also store fp16 originals (exact rerank)")
+    b.add_argument("--ncentroids", type=int, help="override the number of centroids")
+    b.add_argument("--batch", type=int, default=2048, help="documents encoded and added per batch")
+    b.set_defaults(func=run_build)
+    i = isub.add_parser("info", help="verify an index folder (checksums) and print its statistics as JSON")
+    i.add_argument("path", type=Path)
+    i.set_defaults(func=run_info)
+    s = isub.add_parser("search", help="encode queries and search an index")
+    s.add_argument("path", type=Path)
+    s.add_argument("query", nargs="+")
+    s.add_argument("--model", default="default", help="the model the index was built with")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--method", default="plaid")
+    s.add_argument(
+        "--params", type=json.loads, default=None, help="method parameters as JSON, e.g. '{\"ndocs\": 512}'"
+    )
+    s.set_defaults(func=run_query)
 
     p = bench_subparsers(subparsers).add_parser(
         "search",
@@ -98,4 +124,61 @@ def run_search(args: argparse.Namespace) -> int:
     print(bench.format_table(results))
     if args.json:
         print(json.dumps(results))
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import time
+
+    from tessera.index import MultiVectorIndex
+    from tessera.training.checkpoints import load_encoder
+
+    from tessera.datasets import load_corpus
+
+    source = args.data / "corpus.jsonl" if args.data.is_dir() else args.data
+    if not source.is_file():
+        raise DataError(f"no corpus at {source}")
+    corpus = load_corpus(source)
+    ids = list(corpus)
+    encoder = load_encoder(args.model)
+    settings = {"ncentroids": args.ncentroids} if args.ncentroids else {}
+    t0 = time.perf_counter()
+    with MultiVectorIndex.create(
+        args.out, encoder.dim, nbits=args.nbits, keep_vectors=args.keep_vectors, **settings
+    ) as index:
+        for start in range(0, len(ids), args.batch):
+            part = ids[start : start + args.batch]
+            docs = encoder.encode_documents([corpus[d].full_text for d in part], progress=True)
+            index.add(part, docs)
+            index.flush()
+        print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), **index.stats()}))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from tessera.index import MultiVectorIndex
+
+    index = MultiVectorIndex.open(args.path)
+    print(json.dumps(index.stats(), indent=1))
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from tessera.index import MultiVectorIndex
+    from tessera.training.checkpoints import load_encoder
+
+    index = MultiVectorIndex.open(args.path)
+    encoder = load_encoder(args.model)
+    if encoder.dim != index.dim:
+        raise DataError(f"model {args.model!r} has dimension {encoder.dim}, the index {index.dim}")
+    try:
+        hits = index.search(
+            encoder.encode_queries(args.query), k=args.k, method=args.method, params=args.params
+        )
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    for query, row in zip(args.query, hits, strict=True):
+        print(f"Q: {query}")
+        for rank, h in enumerate(row, 1):
+            print(f"  {rank:3d}. {h.score:8.3f}  {h.id}")
     return 0

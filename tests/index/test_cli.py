@@ -61,3 +61,62 @@ def test_bench_group_is_shared_with_other_subcommands():
     bench_subparsers(sub).add_parser("train").set_defaults(func="other")
     assert parser.parse_args(["bench", "train"]).func == "other"
     assert parser.parse_args(["bench", "search", "--synthetic", "10"]).synthetic == 10
+
+
+def test_index_build_info_search(tmp_path, tiny_encoder, capsys):
+    from tessera.training.checkpoints import save_checkpoint
+
+    model = save_checkpoint(tiny_encoder, tmp_path / "model")
+    words = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota", "kappa lambda mu"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "\n".join(
+            json.dumps({"_id": f"d{i}", "title": f"t{i}", "text": words[i % 4] + f" {i}"}) for i in range(30)
+        )
+    )
+    out = tmp_path / "idx"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--data",
+                str(corpus),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--batch",
+                "10",
+                "--keep-vectors",
+            ]
+        )
+        == 0
+    )
+    built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built["documents"] == 30 and built["full_vector_bytes"] > 0
+    assert main(["index", "info", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 30
+    assert (
+        main(
+            [
+                "index",
+                "search",
+                str(out),
+                "delta epsilon",
+                "--model",
+                str(model),
+                "--k",
+                "3",
+                "--method",
+                "exact",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Q: delta epsilon" and len(lines) == 4
+    assert main(["index", "search", str(out), "x", "--model", str(model), "--method", "nope"]) == 2
+    assert "unknown search method" in capsys.readouterr().err
+    assert main(["index", "info", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
