@@ -55,7 +55,7 @@ from tessera.client.types import (
     StoredDocument,
     UpsertResult,
 )
-from tessera.errors import ModelError
+from tessera.errors import ModelError, TesseraError
 from tessera.scoring import maxsim_scores
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,10 @@ class Engine:
             shutil.rmtree(folder, ignore_errors=True)
             self.store.delete_collection(rec.id)
             return
-        slot = self._encoder(rec.model)
+        try:
+            slot = self._encoder(rec.model)
+        except InvalidArgument as exc:
+            raise TesseraError(f"collection {rec.name!r}: cannot load its model: {exc.message}") from None
         if (folder / "index").is_dir() and any((folder / "index").iterdir()):
             index = MultiVectorIndex.open(folder / "index", device=self.device)
         else:

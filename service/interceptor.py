@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +26,7 @@ READ_METHODS = frozenset(
     {"ListCollections", "DescribeCollection", "Get", "Search", "BatchSearch", "Rerank", "Stats"}
 )
 CODES = {code.name: code for code in grpc.StatusCode}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")  # a client's own id is kept only if it looks like one
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,9 @@ class TesseraInterceptor(grpc.aio.ServerInterceptor):
             )
 
     async def _guard(self, method: str, metadata: Mapping[str, str], context, call):
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = metadata.get("x-request-id") or ""
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex[:16]
         trailer = (("x-request-id", request_id),)
         context.set_trailing_metadata(trailer)
         start = time.perf_counter()

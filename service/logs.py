@@ -41,3 +41,4 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # migrations say little

@@ -224,3 +224,28 @@ def test_batcher_merges_concurrent_requests():
     b.close()
     assert sum(sizes) == 8 and len(sizes) < 8 and max(sizes) > 1
     assert all(float(results[i][0, 0, 0]) == i for i in range(1, 9))
+
+
+@pytest.mark.postgres
+def test_engine_with_postgres_store(pg_url, tmp_path, tiny_model_dir):
+    """The same engine with its metadata in PostgreSQL (`--db postgresql+psycopg://...`)."""
+    with Engine(tmp_path / "d", pg_url) as e:
+        e.create_collection("c", str(tiny_model_dir))
+        assert e.upsert("c", DOCS[:30]).inserted == 30
+        assert e.upsert("c", DOCS[:2]).unchanged == 2
+        allowed = {
+            d["id"] for d in DOCS[:30] if d["metadata"]["even"] and d["metadata"]["src"]["kind"] == "journal"
+        }
+        got = e.search("c", "cell", k=30, method="exact", filter={"even": True, "src.kind": "journal"})
+        assert set(got.ids) == allowed
+        assert e.delete("c", filter={"year": {"$gte": 2020}}) == sum(
+            d["metadata"]["year"] >= 2020 for d in DOCS[:30]
+        )
+        live = e._live["c"]
+        e.store.stage_upsert(
+            live.id, [(d["id"], d["text"], d["metadata"]) for d in DOCS[30:35]]
+        )  # a crash's leftovers
+    assert not (tmp_path / "d" / "tessera.db").exists()  # nothing went to SQLite
+    with Engine(tmp_path / "d", pg_url) as e:
+        e.check_consistency("c")
+        assert e.get("c", ["d31"]).documents[0].status == "indexed"
