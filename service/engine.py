@@ -500,6 +500,8 @@ class Engine:
         """Top-k documents for each query (text, or [tokens, dim] vectors)."""
         start = time.perf_counter()
         live = self._get(collection)
+        if getattr(queries, "ndim", None) == 3:  # an array or tensor of [n, tokens, dim] query vectors
+            queries = list(queries)
         if isinstance(queries, (str, torch.Tensor)) or not isinstance(queries, Sequence):
             raise InvalidArgument("must be a list of queries", field=_field)
         if not queries:

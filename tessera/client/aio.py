@@ -228,13 +228,21 @@ class AsyncClient:
                     total_result = total_result + await self._local(self._engine.upsert, collection, chunk)
                 return total_result
 
+            failed: list[BaseException] = []
+
             async def stream():
-                async for chunk in batches():
-                    yield requests.upsert(collection, chunk)
+                try:
+                    async for chunk in batches():
+                        yield requests.upsert(collection, chunk)
+                except Exception as exc:  # re-raised below; gRPC only cancels the call
+                    failed.append(exc)
+                    raise
 
             try:
                 resp = await self._stub.BulkUpsert(stream(), timeout=timeout, metadata=self.conn.metadata())
             except grpc.RpcError as exc:
+                if failed:
+                    raise failed[0] from None
                 raise map_error(exc) from None
             return convert.upsert_from_proto(resp)
         finally:

@@ -217,13 +217,24 @@ class Client:
                 yield chunk
                 bar.update(len(chunk))
 
+        failed: list[BaseException] = []
+
+        def stream():
+            try:
+                for chunk in batches():
+                    yield requests.upsert(collection, chunk)
+            except BaseException as exc:  # re-raised below; gRPC only cancels the call
+                failed.append(exc)
+                raise
+
         try:
             if self._engine is not None:
                 return self._engine.bulk_upsert(collection, batches())
-            stream = (requests.upsert(collection, chunk) for chunk in batches())
             try:
-                resp = self._stub.BulkUpsert(stream, timeout=timeout, metadata=self.conn.metadata())
+                resp = self._stub.BulkUpsert(stream(), timeout=timeout, metadata=self.conn.metadata())
             except grpc.RpcError as exc:
+                if failed:
+                    raise failed[0] from None
                 raise map_error(exc) from None
             return convert.upsert_from_proto(resp)
         finally:

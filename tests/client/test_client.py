@@ -250,3 +250,15 @@ def test_search_command(server, tmp_path, tiny_model_dir, capsys):
     )
     out = capsys.readouterr().out
     assert [line.split()[2] for line in out.strip().splitlines()] == want.ids
+
+
+def test_bad_documents_in_a_bulk_stream_raise_the_real_error(server, tiny_model_dir):
+    def docs():
+        yield {"id": "ok", "text": "fine"}
+        yield {"text": "no id here"}
+
+    with Client(f"127.0.0.1:{server.port}") as c:
+        c.create_collection("stream", str(tiny_model_dir))
+        with pytest.raises(KeyError, match="id"):
+            c.bulk_upsert("stream", docs(), batch_size=1, progress=False)
+        c.drop_collection("stream")

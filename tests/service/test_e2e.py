@@ -58,6 +58,8 @@ def test_precomputed_query_vectors_and_two_stage(client, loaded):
     qv = enc.encode_queries(QUERIES[:1])
     by_vectors = client.search("sci", qv[0].numpy(), k=5, method="exact")
     assert by_vectors.ids == [h.id for h in ref.search(qv, k=5, method="exact")[0]]
+    by_text = client.batch_search("sci", QUERIES[:1], k=5, method="exact")
+    assert [r.ids for r in client.batch_search("sci", qv.numpy(), k=5, method="exact")] == [by_text[0].ids]
     cands = ref.search(qv, k=50, method="plaid")[0]
     want = ref.score(qv[0], [h.id for h in cands])[:5]
     got = client.search(

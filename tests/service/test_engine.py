@@ -51,6 +51,9 @@ def test_search_equals_an_independent_in_process_index(engine, tiny_model_dir):
         for w, g in zip(want, got, strict=True):
             assert g.ids == [h.id for h in w], method
             assert [h.score for h in g.hits] == pytest.approx([h.score for h in w], abs=1e-5)
+    # precomputed vectors: a [n, tokens, dim] tensor gives the same results as the texts
+    by_vectors = engine.batch_search("fixed", qv, k=7, method="exact")
+    assert [r.ids for r in by_vectors] == [[h.id for h in w] for w in ref.search(qv, k=7, method="exact")]
     # filters go through SQL; the reference filters in Python
     allowed = [d["id"] for d in DOCS if d["metadata"]["lang"] == "fr" and d["metadata"]["year"] >= 2010]
     want = ref.search(qv, k=5, method="exact", allowed_ids=allowed)
