@@ -60,6 +60,7 @@ def register(subparsers) -> None:
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     p.add_argument("--query-batch", type=int, default=32, help="most queries encoded in one micro-batch")
+    p.add_argument("--device", default="cpu", help="torch device for encoders and indexes (cpu, cuda)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.set_defaults(func=_serve)
 
@@ -116,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         grace_s=args.grace,
         max_query_batch=args.query_batch,
+        device=args.device,
     )
     return serve(config)
 
