@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import torch
 from tessera.index.exact import score_few, topk
-from tessera.index.kernels import ranges, take
+from tessera.index.kernels import padded_max_sum, padded_positions, ranges, take
 from tessera.index.snapshot import Snapshot
 
 _DENSE_LIMIT = 1 << 22  # segments with at most this many documents x query tokens score densely
-PARAMS = {"ncells": int, "centroid_score_threshold": float, "ndocs": int, "full_rerank": bool}
+PARAMS = {
+    "ncells": int,
+    "centroid_score_threshold": float,
+    "ndocs": int,
+    "full_rerank": bool,
+    "refine": (int, 0),
+}
 
 
 def defaults(k: int) -> dict:
@@ -29,7 +35,7 @@ def defaults(k: int) -> dict:
         p = {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
     else:
         p = {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": max(4 * k, 4096)}
-    return {**p, "full_rerank": True}
+    return {**p, "full_rerank": True, "refine": 0}
 
 
 def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
@@ -95,26 +101,55 @@ def approx_candidates(
 
 
 def full_centroid_scores(
-    snap: Snapshot, S: torch.Tensor, gidx: torch.Tensor, weights: torch.Tensor | None
+    snap: Snapshot,
+    S: torch.Tensor,
+    gidx: torch.Tensor,
+    weights: torch.Tensor | None,
+    query: torch.Tensor | None = None,
+    refine: int = 0,
+    full: bool = True,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Stage 3: approximate MaxSim from the centroids of all tokens of the given documents.
 
-    Centroid scores are quantised to 8 bits for this ranking-only step (a quarter of the memory
-    traffic of float32; the error is ~1/500 of the score range per token)."""
-    lo, hi = float(S.min()), float(S.max())
-    scale = 255.0 / max(hi - lo, 1e-6)
-    STq = ((S.T - lo) * scale).round_().to(torch.uint8).contiguous()  # [C, Lq]
+    With ``refine`` = t > 0, for every (document, query token) the t document tokens with the best
+    centroid scores are re-scored exactly (stored originals, or decompressed residuals of just those
+    tokens) and the best of those is used: a lower bound of the exact MaxSim that is far tighter than
+    the centroid approximation, at the cost of at most t * Lq dot products per document."""
+    ST = S.T.contiguous()  # [C, Lq]: one row gathered per document token
     out = torch.empty(gidx.numel(), device=S.device)
     seg_of, local = snap.locate(gidx.cpu())
-    w_sum = float(weights.sum()) if weights is not None else float(S.shape[0])
+    lq = S.shape[0]
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
+        if refine <= 0 or query is None:
+            # the max over a document's tokens only needs its distinct centroids
+            offsets, dcodes = seg.doc_codes()
+            loc = local[sel].to(seg.device)
+            counts = offsets[loc + 1] - offsets[loc]
+            upos = padded_positions(offsets[loc], counts)
+            codes = take(dcodes, upos.view(-1)).to(S.device)
+            sims = take(ST, codes.long()).view(upos.shape[0], upos.shape[1], lq)
+            out[sel.to(S.device)] = padded_max_sum(sims, counts, weights)
+            continue
         pos, lens = seg.padded(local[sel])
+        m, width = pos.shape
         codes = take(seg.codes, pos.view(-1)).to(S.device)
-        best = take(STq, codes.long()).view(pos.shape[0], pos.shape[1], -1).amax(1).float()
-        total = best @ weights if weights is not None else best.sum(1)
-        out[sel.to(S.device)] = total / scale + lo * w_sum
+        sims = take(ST, codes.long()).view(m, width, lq)
+        best_tok = sims.topk(min(refine, width), dim=1).indices  # [m, t, Lq]
+        tok_pos = pos.to(S.device).gather(1, best_tok.reshape(m, -1)).view(m, -1, lq)
+        uniq, inv = torch.unique(tok_pos, return_inverse=True)
+        if full and seg.vectors is not None:
+            vecs = take(seg.vectors, uniq.to(seg.device)).to(S.device).float()
+        else:
+            vecs = snap.codec.decompress(take(seg.codes, uniq), take(seg.residuals, uniq))
+        exact = vecs @ query.T  # [u, Lq]
+        if stats is not None:
+            stats["refine_dot_products"] = stats.get("refine_dot_products", 0) + int(exact.numel())
+        picked = exact.view(-1).index_select(0, (inv * lq + torch.arange(lq, device=S.device)).view(-1))
+        best = picked.view(m, -1, lq).amax(1)
+        out[sel.to(S.device)] = best @ weights if weights is not None else best.sum(1)
     return out
 
 
@@ -146,14 +181,16 @@ def search(
             approx, gidx = approx[top], gidx[top]
         n4 = max(k, p["ndocs"] // 4)
         if gidx.numel() > n4:
-            full = full_centroid_scores(snap, S_all[q], gidx, w)
+            full = full_centroid_scores(
+                snap, S_all[q], gidx, w, queries[q], p["refine"], p["full_rerank"], stats
+            )
             gidx = gidx[full.topk(n4).indices]
         gidx = gidx.cpu()
         scores = score_few(snap, queries[q], gidx, w, p["full_rerank"])[None].cpu()
         stats["scored_docs"] = stats.get("scored_docs", 0) + int(gidx.numel())
         stats["dot_products"] = stats.get("dot_products", 0) + int(
             queries.shape[1] * snap.lengths_all[gidx].sum()
-        )
+        )  # the decompress-and-score stage (stage 4)
         s, i = topk(scores, gidx, k)
         out_s[q], out_i[q] = s[0], i[0]
     return out_s, out_i

@@ -72,24 +72,24 @@ def check_documents(ids: Sequence[str], docs: PackedDocuments, dim: int) -> list
     return ids
 
 
-def check_params(method: str, params: dict | None, spec: dict[str, type]) -> dict:
-    """Validate method parameters against {name: type}; numbers must be positive unless float."""
+def check_params(method: str, params: dict | None, spec: dict) -> dict:
+    """Validate method parameters against {name: type or (int, minimum)}; ints must be positive unless a
+    minimum is given, floats finite."""
     params = dict(params or {})
     for name, value in params.items():
         if name not in spec:
             known = ", ".join(sorted(spec)) or "none"
             raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
-        want = spec[name]
+        want, minimum = spec[name] if isinstance(spec[name], tuple) else (spec[name], 1)
         if want is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a finite number"
         elif want is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        elif want is str:
-            ok = isinstance(value, str)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         else:
             ok = isinstance(value, want)
+            kind = f"a {want.__name__}"
         if not ok:
-            raise ValueError(
-                f"parameter {name!r} of method {method!r} must be a positive {want.__name__}, got {value!r}"
-            )
+            raise ValueError(f"parameter {name!r} of method {method!r} must be {kind}, got {value!r}")
     return params

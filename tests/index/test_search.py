@@ -9,7 +9,7 @@ from tessera.index import plaid
 
 
 def test_plaid_defaults_follow_k():
-    full = {"full_rerank": True}
+    full = {"full_rerank": True, "refine": 0}
     assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256, **full}
     assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024, **full}
     assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096, **full}
@@ -30,6 +30,13 @@ def test_plaid_recall_against_exact(built, queries, truth):
     assert recall(hits100, exact100, 100) >= 0.95
 
 
+def test_plaid_refine_tightens_stage_three(built, queries, truth):
+    base = built.search(queries, k=10, method="plaid", params={"ndocs": 60})
+    refined, stats = built.search_with_stats(queries, k=10, method="plaid", params={"ndocs": 60, "refine": 2})
+    assert stats["refine_dot_products"] > 0
+    assert recall(refined, truth, 10) >= recall(base, truth, 10)
+
+
 def test_plaid_scores_are_exact_scores_of_returned_docs(built, queries):
     hits = built.search(queries[0], k=5, method="plaid")[0]
     rescored = {h.id: h.score for h in built.score(queries[0], [h.id for h in hits])}
@@ -47,6 +54,10 @@ def test_plaid_params_change_the_work_done(built, queries):
         built.search(queries, k=10, method="plaid", params={"ndocs": 0})
     with pytest.raises(ValueError, match="unknown parameter"):
         built.search(queries, k=10, method="plaid", params={"nprobe": 3})
+    with pytest.raises(ValueError, match="int >= 0"):
+        built.search(queries, k=10, method="plaid", params={"refine": -1})
+    with pytest.raises(ValueError, match="finite number"):
+        built.search(queries, k=10, method="plaid", params={"centroid_score_threshold": float("nan")})
 
 
 @pytest.mark.parametrize("method", ["plaid", "xtr"])
@@ -91,3 +102,16 @@ def test_xtr_imputes_missing_similarities(built, queries):
     exact = {h.id: h.score for h in built.score(queries[0], [h.id for h in hits])}
     assert all(h.score <= exact[h.id] + 1e-3 for h in hits)
     assert all(h.score > 0.5 * exact[h.id] for h in hits[:3])
+
+
+def test_centroid_interaction_from_distinct_centroids_equals_all_tokens(built, queries):
+    snap = built.snapshot
+    seg = snap.segments[0]
+    S = plaid.centroid_scores(snap, queries[:1])[0]
+    gidx = torch.arange(0, seg.n_docs, 7)
+    fast = plaid.full_centroid_scores(snap, S, gidx, None)
+    for j, d in enumerate(gidx.tolist()):
+        codes = seg.codes[seg.offsets[d] : seg.offsets[d + 1]].long()
+        assert fast[j].item() == pytest.approx(S[:, codes].amax(1).sum().item(), rel=1e-5)
+    offsets, dcodes = seg.doc_codes()
+    assert offsets[-1] == seg.ivf_docs.numel()
