@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict = {
     "ncentroids": None,  # None: PLAID's 2^floor(log2(16 sqrt(vectors))) at first training
-    "kmeans_niter": 10,
-    "kmeans_points_per_centroid": 64,
+    "kmeans_niter": 8,
+    "kmeans_points_per_centroid": 32,  # k-means sample size per centroid
     "seed": 0,
     "max_k": 100_000,
     "max_segments": 8,  # more segments than this after an add triggers a merge of the small ones

@@ -46,25 +46,28 @@ def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
 
 def approx_candidates(
     snap: Snapshot,
-    S: torch.Tensor,
+    ST: torch.Tensor,
     mask: torch.Tensor,
     ncells: int,
     threshold: float,
     weights: torch.Tensor | None,
     stats: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stages 1-2 for one query: (approximate scores, global document numbers) of all candidates."""
-    lq, C = S.shape
-    cells = S.topk(min(ncells, C), dim=1).indices.flatten().unique()
-    cmax = S.amax(0)
-    kept = (cmax >= threshold).nonzero().flatten()
-    S_kept = S[:, kept].T.contiguous()  # [|kept|, Lq]
+    """Stages 1-2 for one query: (approximate scores, global document numbers) of all candidates.
+    ``ST`` [C, Lq] holds centroid x query-token scores (this layout keeps the reductions fast)."""
+    C, lq = ST.shape
+    if ncells == 1:  # each query token's best centroid (amax is much faster than topk/argmax on CPU)
+        cells = (ST == ST.amax(0)[None, :]).nonzero()[:, 0].unique()
+    else:
+        cells = ST.topk(min(ncells, C), dim=0).indices.flatten().unique()
+    kept = (ST.amax(1) >= threshold).nonzero().flatten()
+    S_kept = ST.index_select(0, kept)  # [|kept|, Lq]
     if weights is not None:
         S_kept = S_kept * weights[None, :]
     bases = snap.bases.tolist()
     out_s, out_g = [], []
     for s, seg in enumerate(snap.segments):
-        dev = S.device
+        dev = ST.device
         ivf_off = seg.ivf_offsets.to(dev)
         ivf_docs = seg.ivf_docs.to(dev)
         seg_mask = mask[bases[s] : bases[s + 1]].to(dev)
@@ -95,14 +98,14 @@ def approx_candidates(
         out_s.append(approx[cand_idx] if approx.numel() != n_cand else approx)
         out_g.append(cand_idx + bases[s])
     if not out_s:
-        empty = torch.empty(0, device=S.device)
+        empty = torch.empty(0, device=ST.device)
         return empty, empty.long()
     return torch.cat(out_s), torch.cat(out_g)
 
 
 def full_centroid_scores(
     snap: Snapshot,
-    S: torch.Tensor,
+    ST: torch.Tensor,
     gidx: torch.Tensor,
     weights: torch.Tensor | None,
     query: torch.Tensor | None = None,
@@ -116,10 +119,9 @@ def full_centroid_scores(
     centroid scores are re-scored exactly (stored originals, or decompressed residuals of just those
     tokens) and the best of those is used: a lower bound of the exact MaxSim that is far tighter than
     the centroid approximation, at the cost of at most t * Lq dot products per document."""
-    ST = S.T.contiguous()  # [C, Lq]: one row gathered per document token
-    out = torch.empty(gidx.numel(), device=S.device)
+    out = torch.empty(gidx.numel(), device=ST.device)
     seg_of, local = snap.locate(gidx.cpu())
-    lq = S.shape[0]
+    lq = ST.shape[1]
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
@@ -129,27 +131,27 @@ def full_centroid_scores(
             loc = local[sel].to(seg.device)
             counts = offsets[loc + 1] - offsets[loc]
             upos = padded_positions(offsets[loc], counts)
-            codes = take(dcodes, upos.view(-1)).to(S.device)
+            codes = take(dcodes, upos.view(-1)).to(ST.device)
             sims = take(ST, codes.long()).view(upos.shape[0], upos.shape[1], lq)
-            out[sel.to(S.device)] = padded_max_sum(sims, counts, weights)
+            out[sel.to(ST.device)] = padded_max_sum(sims, counts, weights)
             continue
         pos, lens = seg.padded(local[sel])
         m, width = pos.shape
-        codes = take(seg.codes, pos.view(-1)).to(S.device)
+        codes = take(seg.codes, pos.view(-1)).to(ST.device)
         sims = take(ST, codes.long()).view(m, width, lq)
         best_tok = sims.topk(min(refine, width), dim=1).indices  # [m, t, Lq]
-        tok_pos = pos.to(S.device).gather(1, best_tok.reshape(m, -1)).view(m, -1, lq)
+        tok_pos = pos.to(ST.device).gather(1, best_tok.reshape(m, -1)).view(m, -1, lq)
         uniq, inv = torch.unique(tok_pos, return_inverse=True)
         if full and seg.vectors is not None:
-            vecs = take(seg.vectors, uniq.to(seg.device)).to(S.device).float()
+            vecs = take(seg.vectors, uniq.to(seg.device)).to(ST.device).float()
         else:
             vecs = snap.codec.decompress(take(seg.codes, uniq), take(seg.residuals, uniq))
         exact = vecs @ query.T  # [u, Lq]
         if stats is not None:
             stats["refine_dot_products"] = stats.get("refine_dot_products", 0) + int(exact.numel())
-        picked = exact.view(-1).index_select(0, (inv * lq + torch.arange(lq, device=S.device)).view(-1))
+        picked = exact.view(-1).index_select(0, (inv * lq + torch.arange(lq, device=ST.device)).view(-1))
         best = picked.view(m, -1, lq).amax(1)
-        out[sel.to(S.device)] = best @ weights if weights is not None else best.sum(1)
+        out[sel.to(ST.device)] = best @ weights if weights is not None else best.sum(1)
     return out
 
 
@@ -165,15 +167,14 @@ def search(
     p = {**defaults(k), **params}
     stats = stats if stats is not None else {}
     stats["params"] = p
-    S_all = centroid_scores(snap, queries)
     nq = queries.shape[0]
+    centroids = snap.codec.centroids
     out_s = torch.full((nq, k), float("-inf"))
     out_i = torch.full((nq, k), -1, dtype=torch.int64)
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
-        approx, gidx = approx_candidates(
-            snap, S_all[q], mask, p["ncells"], p["centroid_score_threshold"], w, stats
-        )
+        ST = centroids @ queries[q].T  # [C, Lq]
+        approx, gidx = approx_candidates(snap, ST, mask, p["ncells"], p["centroid_score_threshold"], w, stats)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
@@ -181,9 +182,7 @@ def search(
             approx, gidx = approx[top], gidx[top]
         n4 = max(k, p["ndocs"] // 4)
         if gidx.numel() > n4:
-            full = full_centroid_scores(
-                snap, S_all[q], gidx, w, queries[q], p["refine"], p["full_rerank"], stats
-            )
+            full = full_centroid_scores(snap, ST, gidx, w, queries[q], p["refine"], p["full_rerank"], stats)
             gidx = gidx[full.topk(n4).indices]
         gidx = gidx.cpu()
         scores = score_few(snap, queries[q], gidx, w, p["full_rerank"])[None].cpu()
