@@ -3,15 +3,13 @@
 Ground truth is exact MaxSim over the original (uncompressed) token vectors, computed with
 ``tessera.scoring``; every method's recall@10 / recall@100 is measured against it. Latency is per
 query, one query at a time, query encoding excluded (queries are encoded once, up front).
-Encodings and ground truth are cached on disk, keyed by the model and the data.
+Document encodings (``tessera.eval``'s cache) and ground truth are cached on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import shutil
 import statistics
 import tempfile
@@ -52,62 +50,41 @@ class BenchData:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "tessera")) / "bench"
+    """``tessera.eval``'s cache folder ($TESSERA_CACHE_DIR or ~/.cache/tessera)."""
+    from tessera.eval.cache import default_cache_dir as eval_cache_dir
 
-
-def _fingerprint(spec: str) -> str:
-    """A key that changes when the model files change (packaged name, folder) or the spec does."""
-    from tessera.training.checkpoints import PRETRAINED_DIR
-
-    path = PRETRAINED_DIR / spec if (PRETRAINED_DIR / spec).is_dir() else Path(spec).expanduser()
-    h = hashlib.sha1(spec.encode())
-    if path.is_dir():
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    return eval_cache_dir()
 
 
 def load_encoded(data: Path, model: str, split: str, cache: Path) -> BenchData:
-    """BEIR data encoded with ``model``; document encodings are cached (they cost minutes)."""
+    """BEIR data encoded with ``model``. Document encodings go through ``tessera.eval``'s encoding
+    cache (shared with ``tessera eval``: same key, so either command reuses the other's work)."""
+    from tessera.eval.cache import EncodingCache, corpus_fingerprint, model_fingerprint
+    from tessera.training.checkpoints import load_encoder
+
     from tessera.datasets import load_beir
 
     ds = load_beir(data, split)
     query_ids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
     doc_ids = ds.doc_ids
-    key = hashlib.sha1(f"{data.resolve()}|{split}|{len(doc_ids)}|{_fingerprint(model)}".encode()).hexdigest()[
-        :16
-    ]
-    folder = cache / f"{data.name}-{key}"
-    docs_file, ids_file, q_file = folder / "docs.safetensors", folder / "doc_ids.json", folder / "queries.pt"
-    encoder = None
-    if docs_file.is_file() and ids_file.is_file() and json.loads(ids_file.read_text()) == doc_ids:
-        docs = PackedDocuments.load(docs_file)
-        log.info("document encodings from cache %s", folder)
+    texts = [ds.corpus[d].full_text for d in doc_ids]
+    encoder = load_encoder(model)
+    settings = {"kind": "multi-vector", **encoder.config.to_dict()}
+    store = EncodingCache(cache)
+    key = store.key(
+        model_fingerprint(encoder.model, encoder.tokenizer, settings),
+        corpus_fingerprint(doc_ids, texts),
+        settings,
+    )
+    docs = store.load_packed(key, len(doc_ids))
+    if docs is None:
+        docs = encoder.encode_documents(texts, progress=True, desc="encoding documents")
+        store.save_packed(key, docs, {"model": model, "data": str(data), "docs": len(doc_ids)})
     else:
-        from tessera.training.checkpoints import load_encoder
-
-        encoder = load_encoder(model)
-        docs = encoder.encode_documents([ds.corpus[d].full_text for d in doc_ids], progress=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        docs.save(docs_file)
-        ids_file.write_text(json.dumps(doc_ids))
-    if q_file.is_file():
-        cached = torch.load(q_file)
-        if cached["ids"] == query_ids:
-            return BenchData(
-                data.name, doc_ids, docs, query_ids, cached["queries"], ds.qrels, cached["seconds"]
-            )
-    if encoder is None:
-        from tessera.training.checkpoints import load_encoder
-
-        encoder = load_encoder(model)
+        log.info("document encodings from the cache (%s)", key[:16])
     t0 = time.perf_counter()
     queries = encoder.encode_queries([ds.queries[q] for q in query_ids])
     seconds = (time.perf_counter() - t0) / max(1, len(query_ids))
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"ids": query_ids, "queries": queries, "seconds": seconds}, q_file)
     return BenchData(data.name, doc_ids, docs, query_ids, queries, ds.qrels, seconds)
 
 
@@ -133,7 +110,7 @@ def ground_truth(data: BenchData, cache: Path | None, k: int = 100) -> list[list
     h.update(data.queries.numpy().tobytes())
     h.update(data.docs.lengths.numpy().tobytes())
     h.update(data.docs.vectors[:: max(1, data.docs.vectors.shape[0] // 4096)].numpy().tobytes())
-    file = cache / f"truth-{h.hexdigest()[:16]}-{k}.pt" if cache else None
+    file = cache / "bench" / f"truth-{h.hexdigest()[:16]}-{k}.pt" if cache else None
     if file is not None and file.is_file():
         idx = torch.load(file)
     else:

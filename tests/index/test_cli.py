@@ -44,7 +44,7 @@ def test_bench_search_synthetic_json(tmp_path, capsys):
     assert result["exact"]["measured_queries"] == 3
     assert result["plaid-compressed"]["bytes_per_vector"] == 4 + 32 * 2 // 8
     assert result["plaid"]["dot_products"] > result["xtr"]["dot_products"]
-    assert any(f.name.startswith("truth-") for f in (tmp_path / "cache").iterdir())
+    assert any(f.name.startswith("truth-") for f in (tmp_path / "cache" / "bench").iterdir())
 
 
 def test_bench_errors_are_clean(tmp_path, capsys):

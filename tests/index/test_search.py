@@ -109,7 +109,7 @@ def test_centroid_interaction_from_distinct_centroids_equals_all_tokens(built, q
     seg = snap.segments[0]
     S = plaid.centroid_scores(snap, queries[:1])[0]
     gidx = torch.arange(0, seg.n_docs, 7)
-    fast = plaid.full_centroid_scores(snap, S, gidx, None)
+    fast = plaid.full_centroid_scores(snap, S.T.contiguous(), gidx, None)
     for j, d in enumerate(gidx.tolist()):
         codes = seg.codes[seg.offsets[d] : seg.offsets[d + 1]].long()
         assert fast[j].item() == pytest.approx(S[:, codes].amax(1).sum().item(), rel=1e-5)
