@@ -212,13 +212,16 @@ class Segment:
         """([m, Lmax] vector positions padded by repeating each document's last token, lengths [m])."""
         local = local.to(self.device, torch.int64)
         lengths = self.lengths[local]
-        return padded_positions(self.offsets[local], lengths), lengths
+        pos = padded_positions(self.offsets[local], lengths)
+        return pos.clamp_(0, max(self.n_vectors - 1, 0)), lengths  # empty documents point anywhere
 
     def padded_vectors(self, codec: ResidualCodec, local: torch.Tensor, full: bool = True):
         """([m, Lmax, dim] float32 vectors on the codec's device, lengths [m]); ``full`` uses the stored
         originals when the segment keeps them, otherwise residuals are decompressed."""
         pos, lengths = self.padded(local)
         flat = pos.view(-1)
+        if self.n_vectors == 0:  # only empty documents: nothing to gather (their mask is all False)
+            return torch.zeros(pos.shape[0], pos.shape[1], codec.dim, device=codec.device), lengths
         if full and self.vectors is not None:
             vecs = take(self.vectors, flat).to(codec.device).float()
         else:

@@ -156,3 +156,19 @@ def test_add_input_errors(corpus):
     with pytest.raises(ValueError, match="unknown index settings"):
         MultiVectorIndex.create(None, DIM, bogus=1)
     assert len(index) == 0
+
+
+def test_documents_without_vectors(corpus, doc_ids, queries):
+    docs = corpus.docs.select([0, 1])
+    empty = PackedDocuments(docs.vectors[:0], docs.token_ids[:0], torch.tensor([0]))
+    index = build(docs, doc_ids[:2], keep_vectors=True)
+    index.add(["empty"], empty)  # a segment holding no vectors at all
+    index.add(["also-empty", "x"], PackedDocuments.concat([empty, corpus.docs.select([2])]))
+    assert len(index) == 5
+    scores = {h.id: h.score for h in index.score(queries[0], ["empty", "also-empty", doc_ids[0]])}
+    assert scores["empty"] == 0.0 and scores["also-empty"] == 0.0
+    for method in ("exact", "plaid", "xtr"):
+        hits = index.search(queries[0], k=5, method=method)[0]
+        assert doc_ids[0] in {h.id for h in hits}
+    index.merge()
+    assert len(index) == 5 and index.score(queries[0], ["empty"])[0].score == 0.0
