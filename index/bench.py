@@ -173,7 +173,7 @@ def run_benchmark(
 ) -> dict:
     """Build an index over ``data`` and measure each method; returns {method: metrics}."""
     import faiss
-    from tessera.index import MultiVectorIndex
+    from tessera.index import Hit, MultiVectorIndex
 
     unknown = [m for m in methods if m not in _METHOD_CALLS]
     if unknown:
@@ -217,23 +217,30 @@ def run_benchmark(
             params100 = {} if name == "plaid-wide" else params  # at k=100 PLAID's defaults are wide already
             hits100, lat100, _ = _timed(index, data.queries, 100, method, params100, limit)
             n = len(hits10)
+            recall10, recall100 = _recall(hits10, truth[:n], 10), _recall(hits100, truth[:n], 100)
             sub = BenchData(
                 data.name, data.doc_ids, data.docs, data.query_ids[:n], data.queries[:n], data.qrels
             )
             uses_full = keep_vectors and name in ("exact", "plaid", "plaid-wide", "prf", "prf-retrieve")
+            if name == "exact" and keep_vectors:
+                # exact on the stored originals IS the ground truth (recall 1.0 on the timed queries):
+                # its nDCG/MAP are computed from the ground truth for every query
+                hits10 = [[Hit(d, -r) for r, d in enumerate(row[:10])] for row in truth]
+                hits100 = [[Hit(d, -r) for r, d in enumerate(row)] for row in truth]
+                sub = data
             entry = {
-                "recall@10": round(_recall(hits10, truth[:n], 10), 4),
-                "recall@100": round(_recall(hits100, truth[:n], 100), 4),
+                "recall@10": round(recall10, 4),
+                "recall@100": round(recall100, 4),
                 **{k: round(v, 4) for k, v in _ir_metrics(hits10, sub).items() if k == "ndcg@10"},
                 **{k: round(v, 4) for k, v in _ir_metrics(hits100, sub).items() if k != "ndcg@10"},
                 "p50_ms": round(statistics.median(lat10), 3),
                 "p95_ms": round(_pct(lat10, 0.95), 3),
-                "qps": round(1000 * n / sum(lat10), 2),
+                "qps": round(1000 * len(lat10) / sum(lat10), 2),
                 "p50_ms_k100": round(statistics.median(lat100), 3),
                 "bytes_per_vector": compressed + (2 * data.docs.dim if uses_full else 0),
                 "dot_products": round(work.get("dot_products", 0)),
                 "candidates": round(work.get("candidates", work.get("scored_docs", 0))),
-                "measured_queries": n,
+                "measured_queries": len(lat10),
                 **meta,
             }
             results[name] = entry
