@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from tessera.index import MultiVectorIndex, bench
 
 

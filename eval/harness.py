@@ -11,12 +11,11 @@ import logging
 import time
 from pathlib import Path
 
+from tessera.datasets import BeirDataset, load_beir
+from tessera.errors import DataError, TesseraError
 from tessera.eval import methods
 from tessera.eval.cache import EncodingCache, corpus_fingerprint, default_cache_dir, model_fingerprint
 from tessera.eval.metrics import evaluate_run
-
-from tessera.datasets import BeirDataset, load_beir
-from tessera.errors import DataError, TesseraError
 
 log = logging.getLogger(__name__)
 

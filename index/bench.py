@@ -59,10 +59,9 @@ def default_cache_dir() -> Path:
 def load_encoded(data: Path, model: str, split: str, cache: Path) -> BenchData:
     """BEIR data encoded with ``model``. Document encodings go through ``tessera.eval``'s encoding
     cache (shared with ``tessera eval``: same key, so either command reuses the other's work)."""
+    from tessera.datasets import load_beir
     from tessera.eval.cache import EncodingCache, corpus_fingerprint, model_fingerprint
     from tessera.training.checkpoints import load_encoder
-
-    from tessera.datasets import load_beir
 
     ds = load_beir(data, split)
     query_ids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
@@ -173,6 +172,7 @@ def run_benchmark(
 ) -> dict:
     """Build an index over ``data`` and measure each method; returns {method: metrics}."""
     import faiss
+
     from tessera.index import Hit, MultiVectorIndex
 
     unknown = [m for m in methods if m not in _METHOD_CALLS]

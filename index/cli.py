@@ -130,10 +130,9 @@ def run_search(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     import time
 
+    from tessera.datasets import load_corpus
     from tessera.index import MultiVectorIndex
     from tessera.training.checkpoints import load_encoder
-
-    from tessera.datasets import load_corpus
 
     source = args.data / "corpus.jsonl" if args.data.is_dir() else args.data
     if not source.is_file():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from tessera.index import exact
 from tessera.index.codec import ResidualCodec
 from tessera.index.errors import IndexCorruptError, IndexExistsError
@@ -18,7 +19,6 @@ from tessera.index.segment import Segment
 from tessera.index.snapshot import Snapshot
 from tessera.index.storage import MANIFEST, read_arrays, read_manifest, write_arrays, write_manifest
 from tessera.index.validation import check_documents, check_ids, check_k, check_params, check_queries
-
 from tessera.packed import PackedDocuments
 
 log = logging.getLogger(__name__)

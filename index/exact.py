@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+
 from tessera.index.kernels import padded_max_sum
 from tessera.index.snapshot import Snapshot
-
 from tessera.scoring import maxsim_padded
 
 PARAMS: dict = {}

@@ -13,6 +13,7 @@ Everything is vectorised in torch (no per-document Python loops), so it runs on 
 from __future__ import annotations
 
 import torch
+
 from tessera.index.exact import score_few, topk
 from tessera.index.kernels import padded_max_sum, padded_positions, ranges, take
 from tessera.index.snapshot import Snapshot

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+
 from tessera.index import plaid
 from tessera.index.exact import score_few, topk
 from tessera.index.snapshot import Snapshot

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from tessera.index.codec import ResidualCodec
 from tessera.index.kernels import padded_positions, ranges, take
 from tessera.index.storage import read_arrays, write_arrays
-
 from tessera.packed import PackedDocuments
 
 

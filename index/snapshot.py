@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
+
 from tessera.index.codec import ResidualCodec
 from tessera.index.segment import Segment
 

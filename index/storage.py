@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
 from tessera.index.errors import IndexCorruptError, IndexNotFoundError, IndexVersionError
 
 MAGIC = b"TSRARR01"

@@ -12,6 +12,7 @@ missing-similarity estimate: the lowest similarity it retrieved (its k'-th best)
 from __future__ import annotations
 
 import torch
+
 from tessera.index.exact import topk
 from tessera.index.kernels import ranges, take
 from tessera.index.plaid import centroid_scores

@@ -26,11 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tessera.index import MultiVectorIndex
-from tessera.service import validation as check
-from tessera.service.batcher import QueryBatcher
-from tessera.service.limits import Limits
-from tessera.service.store import CollectionRecord, DuplicateCollection, SegmentRecord, Store, default_url
 from tqdm.auto import tqdm
 
 from tessera import __version__
@@ -56,7 +51,12 @@ from tessera.client.types import (
     UpsertResult,
 )
 from tessera.errors import ModelError, TesseraError
+from tessera.index import MultiVectorIndex
 from tessera.scoring import maxsim_scores
+from tessera.service import validation as check
+from tessera.service.batcher import QueryBatcher
+from tessera.service.limits import Limits
+from tessera.service.store import CollectionRecord, DuplicateCollection, SegmentRecord, Store, default_url
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
-from tessera.service.utf8 import invalid_utf8_field
 
 from tessera.client.errors import InvalidArgument, ServiceError
+from tessera.service.utf8 import invalid_utf8_field
 
 log = logging.getLogger("tessera.service.requests")
 

@@ -6,6 +6,7 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+
 from tessera.service.engine import Observer
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+
+from tessera.errors import TesseraError
 from tessera.proto.tessera.v1 import tessera_pb2 as pb
 from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 from tessera.service.engine import Engine
@@ -21,8 +23,6 @@ from tessera.service.interceptor import SERVICE, Keys, TesseraInterceptor
 from tessera.service.limits import Limits
 from tessera.service.metrics import Metrics
 from tessera.service.servicer import TesseraServicer
-
-from tessera.errors import TesseraError
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,11 @@ import functools
 import time
 from concurrent.futures import Executor
 
+from tessera.client import convert
+from tessera.client.errors import InvalidArgument
 from tessera.proto.tessera.v1 import tessera_pb2 as pb
 from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 from tessera.service.engine import Engine
-
-from tessera.client import convert
-from tessera.client.errors import InvalidArgument
 
 _OPTION_FIELDS = ("k", "method", "params", "filter", "fields")
 

@@ -11,6 +11,7 @@ import functools
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
+
 from tessera.proto.tessera.v1 import tessera_pb2
 
 _STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from tessera.service.limits import Limits
 
 from tessera.client.errors import InvalidArgument
 from tessera.client.types import Document
+from tessera.service.limits import Limits
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 FIELDS = ("text", "metadata")

@@ -21,7 +21,9 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tessera", description="Multi-vector retrieval: train, evaluate, index, serve.")
+    parser = argparse.ArgumentParser(
+        prog="tessera", description="Multi-vector retrieval: train, evaluate, index, serve."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

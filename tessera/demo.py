@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     scores, idx = maxsim_topk(q, docs, args.k)
     for qi, query in enumerate(queries):
         print(f"\nQ: {query}")
-        for rank, (s, j) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist()), 1):
+        for rank, (s, j) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist(), strict=False), 1):
             doc = corpus[ids[j]]
             snippet = " ".join(doc.text.split())[:160]
             print(f"  {rank}. [{s:6.2f}] {doc.title} — {snippet}")

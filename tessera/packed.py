@@ -71,7 +71,7 @@ class PackedDocuments:
         n = int(lengths.shape[0])
         lmax = int(lengths.max()) if n else 0
         base = int(self.lengths[:start].sum())
-        starts = base + torch.nn.functional.pad(torch.cumsum(lengths, 0)[:-1], (1, 0))
+        starts = base + torch.cumsum(lengths, 0) - lengths
         ar = torch.arange(lmax)
         mask = ar[None, :] < lengths[:, None]
         pos = (starts[:, None] + ar[None, :]).clamp_max(max(self.vectors.shape[0] - 1, 0))
@@ -83,7 +83,11 @@ class PackedDocuments:
         from safetensors.torch import save_file
 
         save_file(
-            {"vectors": self.vectors.contiguous(), "token_ids": self.token_ids, "lengths": self.lengths},
+            {
+                "vectors": self.vectors.contiguous(),
+                "token_ids": self.token_ids.contiguous(),
+                "lengths": self.lengths.contiguous(),
+            },
             str(path),
         )
 

@@ -30,6 +30,8 @@ def maxsim_padded(
     """MaxSim between [nq, Lq, d] queries and padded [nd, Ld, d] documents -> [nq, nd]."""
     nq, lq, d = queries.shape
     nd, ld, _ = docs.shape
+    if ld == 0:  # every document in the block is empty: they all score 0
+        return queries.new_zeros(nq, nd)
     sim = (queries.reshape(nq * lq, d) @ docs.reshape(nd * ld, d).T).view(nq, lq, nd, ld)
     sim = sim.masked_fill(~doc_mask.view(1, 1, nd, ld), float("-inf"))
     best = sim.max(dim=-1).values  # [nq, lq, nd]
@@ -89,7 +91,11 @@ def _iter_blocks(queries, docs: PackedDocuments, query_weights, device):
     dev = torch.device(device) if device is not None else torch.device("cpu")
     q = q.to(dev)
     w = query_weights.float().to(dev) if query_weights is not None else None
+    if w is not None and w.ndim == 1:
+        w = w[None]
     nq, lq, _ = q.shape
+    if w is not None and tuple(w.shape) != (nq, lq):
+        raise ValueError(f"query_weights must have shape {(nq, lq)} to match the queries, got {tuple(w.shape)}")
     n = len(docs)
     if n == 0:
         return

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tessera.training.checkpoints import new_encoder
 from tessera.training.config import EncoderConfig
 from tessera.training.encoder import Encoder

@@ -66,8 +66,6 @@ def test_padded(start, stop):
     assert _pack(docs).padded(0, 5, dtype=torch.float16)[0].dtype == torch.float16
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: padded() builds starts with one entry too many for an empty "
-                   "range (start == stop), so the mask indexing raises IndexError")
 def test_padded_empty_range():
     out, mask = _pack(_docs()).padded(2, 2)
     assert out.shape == (0, 0, DIM) and mask.shape == (0, 0)
@@ -91,8 +89,6 @@ def test_save_and_load_round_trip(tmp_path):
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: save() makes only vectors contiguous; non-contiguous token_ids "
-                   "or lengths make safetensors refuse to save")
 def test_save_non_contiguous_token_ids(tmp_path):
     docs = _docs()
     wide = torch.stack([torch.cat([t for _, t in docs])] * 2, dim=1)  # [T, 2]; column 0 is a strided view

@@ -126,23 +126,17 @@ def test_maxsim_padded_masks_padding():
     torch.testing.assert_close(maxsim_padded(q, d_with_junk, mask), _naive(q, docs), atol=2e-3, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: maxsim_padded reduces over an empty token axis when every "
-                   "document in the collection has zero vectors (IndexError instead of scores of 0)")
 def test_collection_of_only_empty_documents_scores_zero():
     docs = _empty(3)
     assert torch.equal(maxsim_scores(_queries(2, 3), docs), torch.zeros(2, 3))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same as above, reached through chunking: a document block made "
-                   "only of empty documents has Ld == 0 in maxsim_padded (IndexError)")
 def test_tiny_blocks_with_empty_documents(monkeypatch):
     docs, q = _docs(LENGTHS), _queries(5, 6)
     monkeypatch.setattr(scoring, "_BLOCK_FLOATS", 40)
     torch.testing.assert_close(maxsim_scores(q, docs), _naive(q, docs), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a 2-D query is accepted but its 1-D query_weights are sliced "
-                   "by query index in _iter_blocks (RuntimeError)")
 def test_single_2d_query_with_1d_weights():
     docs, q = _docs(LENGTHS), _queries(1, 5)
     w = torch.rand(1, 5)

@@ -154,7 +154,9 @@ def merge_lora(backbone, adapter_config: dict, tensors: dict[str, torch.Tensor])
 
 
 def available_models() -> list[str]:
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "tessera.json").is_file()) if PRETRAINED_DIR.is_dir() else []
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "tessera.json").is_file())
 
 
 def load_encoder(spec: str, device: str = "cpu") -> Encoder:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from tessera.errors import DataError
 from tessera.training.config import EncoderConfig
 from tessera.training.encoder import Encoder, MultiVectorModel
 from tessera.training.losses import colbert_scores
 from tessera.training.objectives import Batch, ColBERTObjective
-
-from tessera.errors import DataError
 
 _FIXED = re.compile(r"^C(\d+)x(\d+)$", re.IGNORECASE)
 _RELATIVE = re.compile(r"^R(\d*\.?\d+)(?:x(\d*\.?\d+))?$", re.IGNORECASE)

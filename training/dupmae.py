@@ -24,12 +24,12 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from tessera.training.config import EncoderConfig
-from tessera.training.objectives import Batch, ColBERTObjective
 from torch import nn
 from tqdm.auto import tqdm
 
 from tessera.errors import DataError, ModelError
+from tessera.training.config import EncoderConfig
+from tessera.training.objectives import Batch, ColBERTObjective
 
 _HASH = 0x9E3779B1  # Knuth's multiplicative hash constant
 

@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tessera.training.config import EncoderConfig
-from tessera.training.encoder import Encoder, MultiVectorModel
 
 from tessera.errors import ModelError
+from tessera.training.config import EncoderConfig
+from tessera.training.encoder import Encoder, MultiVectorModel
 
 # Defaults of colbert-ai's ColBERTConfig (colbert/infra/config/settings.py).
 _COLBERT_DEFAULTS = {

@@ -25,7 +25,7 @@ def bm25_rankings(corpus: dict[str, Document], queries: dict[str, str], depth: i
     qids = list(queries)
     qtok = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False)
     results, _ = retriever.retrieve(qtok, k=min(depth, len(doc_ids)), show_progress=False, n_threads=1)
-    return {qid: [doc_ids[i] for i in row] for qid, row in zip(qids, results.tolist())}
+    return {qid: [doc_ids[i] for i in row] for qid, row in zip(qids, results.tolist(), strict=False)}
 
 
 def model_rankings(encoder, corpus: dict[str, Document], queries: dict[str, str], depth: int = 100,
@@ -41,7 +41,7 @@ def model_rankings(encoder, corpus: dict[str, Document], queries: dict[str, str]
     q = encoder.encode_queries([queries[x] for x in qids])
     _, idx = maxsim_topk(q, docs, depth)
     encoder.model.train(was_training)
-    return {qid: [doc_ids[i] for i in row] for qid, row in zip(qids, idx.tolist())}
+    return {qid: [doc_ids[i] for i in row] for qid, row in zip(qids, idx.tolist(), strict=False)}
 
 
 def negative_pools(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]], skip: int = 0,

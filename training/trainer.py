@@ -179,7 +179,9 @@ class Trainer:
         warm = int(c.warmup * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (self.total_steps - s) / max(1, self.total_steps - warm)),
+            lambda s: (s + 1) / max(1, warm)
+            if s < warm
+            else max(0.0, (self.total_steps - s) / max(1, self.total_steps - warm)),
         )
 
     def _objective_kwargs(self) -> dict:

@@ -11,6 +11,7 @@ tokens alone, which is how the index's ``xtr`` method scores.
 from __future__ import annotations
 
 import torch
+
 from tessera.training.encoder import Encoder
 from tessera.training.objectives import Batch, ColBERTObjective
 

@@ -20,12 +20,12 @@ from sqlalchemy import bindparam, create_engine, delete, event, func, insert, se
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from tessera.service.store import migrate
-from tessera.service.store.filters import compile_filter
-from tessera.service.store.models import CollectionRow, DocumentRow, SegmentRow, utcnow
 
 from tessera.client.filters import Filter
 from tessera.errors import TesseraError
+from tessera.service.store import migrate
+from tessera.service.store.filters import compile_filter
+from tessera.service.store.models import CollectionRow, DocumentRow, SegmentRow, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from eval_helpers import write_beir
+
 from tessera.training.checkpoints import new_encoder, save_checkpoint
 from tessera.training.config import EncoderConfig
 

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from eval_helpers import DOCS, QRELS, QUERIES, write_beir
+
+from tessera.errors import ModelError
 from tessera.eval import evaluate
 from tessera.eval.bm25 import BM25
 from tessera.eval.dense import MeanPoolingEncoder
 from tessera.eval.methods import MethodError, available_methods
 from tessera.training.encoder import Encoder
-
-from tessera.errors import ModelError
 
 RESULT_KEYS = {
     "ndcg@10",

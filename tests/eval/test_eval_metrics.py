@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from tessera.eval.metrics import MEASURES, evaluate_run
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from eval_helpers import scifact_dir
+
 from tessera.eval import evaluate
 
 pytestmark = [

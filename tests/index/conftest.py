@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from index_helpers import DIM, build
-from tessera.index.synthetic import make_corpus, make_queries
 
+from tessera.index.synthetic import make_corpus, make_queries
 from tessera.scoring import maxsim_topk
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 from index_helpers import DIM, build, recall
-from tessera.index import Hit, MultiVectorIndex
 
+from tessera.index import Hit, MultiVectorIndex
 from tessera.packed import PackedDocuments
 
 

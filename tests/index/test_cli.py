@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from tessera.index.cli import bench_subparsers, register
-
 from tessera.cli import main
+from tessera.index.cli import bench_subparsers, register
 
 
 def test_bench_search_synthetic_json(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tessera.index import codec as codec_module
 from tessera.index.codec import ResidualCodec, default_ncentroids
 

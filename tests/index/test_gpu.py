@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from index_helpers import SETTINGS
+
 from tessera.index import MultiVectorIndex
 
 pytestmark = [

@@ -6,6 +6,8 @@ import json
 
 import pytest
 from index_helpers import build
+
+from tessera.errors import TesseraError
 from tessera.index import (
     IndexCorruptError,
     IndexExistsError,
@@ -14,8 +16,6 @@ from tessera.index import (
     MultiVectorIndex,
 )
 from tessera.index import core as core_module
-
-from tessera.errors import TesseraError
 
 
 def _ids(hits):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from index_helpers import build
+
 from tessera.index import prf
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from index_helpers import build, recall
+
 from tessera.index import MultiVectorIndex
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from index_helpers import build, recall
+
 from tessera.index import plaid
 
 

@@ -118,6 +118,7 @@ def make_tls_files(folder):
 def make_tiny_model(bert_dir, out):
     """A Tessera checkpoint over a tiny random BERT (dim 16, query_maxlen 12, doc_maxlen 32)."""
     import torch
+
     from tessera.training.checkpoints import new_encoder, save_checkpoint
     from tessera.training.config import EncoderConfig
 

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, message_factory
 from service_helpers import make_docs, start_server
+
 from tessera.proto.tessera.v1 import tessera_pb2 as pb
 from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 from tessera.service.limits import Limits

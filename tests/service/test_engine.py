@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 from service_helpers import batched, make_docs, reference_index
-from tessera.service.batcher import QueryBatcher
-from tessera.service.engine import Engine, Observer
 
 from tessera.client.errors import AlreadyExists, InvalidArgument, NotFound
+from tessera.service.batcher import QueryBatcher
+from tessera.service.engine import Engine, Observer
 
 DOCS = make_docs(120)
 

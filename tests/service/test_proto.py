@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tessera.proto import generate
 
 pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) regenerates the code")
@@ -38,6 +39,7 @@ def test_generated_code_is_current(tmp_path):
 def test_descriptor_matches_proto_file(tmp_path):
     """Independent of tool versions: the embedded descriptor equals a fresh compile of the .proto."""
     from grpc_tools import protoc
+
     from tessera.proto.tessera.v1 import tessera_pb2
 
     out = tmp_path / "set.pb"

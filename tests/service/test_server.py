@@ -9,8 +9,6 @@ import time
 import grpc
 import pytest
 from service_helpers import make_docs, make_tls_files, start_server
-from tessera.proto.tessera.v1 import tessera_pb2 as pb
-from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 
 from tessera.client import (
     Client,
@@ -21,6 +19,8 @@ from tessera.client import (
     Unauthenticated,
     Unavailable,
 )
+from tessera.proto.tessera.v1 import tessera_pb2 as pb
+from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 
 RW, RO = "rw-secret-key", "ro-secret-key"
 

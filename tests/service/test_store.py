@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect
-from tessera.service.store import DuplicateCollection, SegmentRecord, Store, StoreError, content_hash, migrate
 
 from tessera.client.errors import InvalidArgument
 from tessera.client.filters import And, Eq, In, Or, Range, parse_filter
+from tessera.service.store import DuplicateCollection, SegmentRecord, Store, StoreError, content_hash, migrate
 
 DOCS = [
     ("a", "alpha text", {"year": 2001, "lang": "en", "tags": "x", "ok": True, "src": {"venue": "ACL"}}),
@@ -48,6 +48,7 @@ def shared(module_db_url):
 def test_migrations_reach_head_and_match_models(store):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+
     from tessera.service.store.models import Base
 
     assert store.schema_revision() == migrate.head_revision()

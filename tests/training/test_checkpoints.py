@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+from tessera.errors import ModelError
 from tessera.training import checkpoints
 from tessera.training.checkpoints import load_encoder, new_encoder, save_checkpoint
 from tessera.training.config import EncoderConfig
-
-from tessera.errors import ModelError
 
 QUERIES = ["red fish in water", "cancer cells"]
 DOCS = ["the red fish, the blue sun.", "cancer cells in mice were found", "dog"]

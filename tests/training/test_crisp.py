@@ -3,6 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer import config as train_config
+
+from tessera.errors import DataError
+from tessera.scoring import maxsim_scores
 from tessera.training.checkpoints import load_encoder, save_checkpoint
 from tessera.training.crisp import (
     ClusterSpec,
@@ -15,10 +19,6 @@ from tessera.training.crisp import (
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
 from tessera.training.trainer import Trainer
-from test_trainer import config as train_config
-
-from tessera.errors import DataError
-from tessera.scoring import maxsim_scores
 
 
 def _naive_kmeans(vectors, k, iters):

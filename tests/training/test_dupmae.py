@@ -5,6 +5,10 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer import config as train_config
+from test_trainer import make_beir
+
+from tessera.errors import DataError
 from tessera.training.checkpoints import load_encoder, new_encoder, save_checkpoint
 from tessera.training.config import EncoderConfig
 from tessera.training.dupmae import (
@@ -23,10 +27,6 @@ from tessera.training.dupmae import (
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
 from tessera.training.trainer import Trainer
-from test_trainer import config as train_config
-from test_trainer import make_beir
-
-from tessera.errors import DataError
 
 TEXTS = ["cancer cells in mice and the blood of human patients", "dog tree", "red fish, blue fish; the sun"]
 

@@ -7,9 +7,10 @@ import string
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import BertModel
+
 from tessera.training.checkpoints import new_encoder
 from tessera.training.config import EncoderConfig
-from transformers import BertModel
 
 QUERIES = ["red fish", "what about the cancer cells in mice, and why?", "the " * 30 + "dog"]
 DOCS = [

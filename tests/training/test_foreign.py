@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tessera.training.checkpoints import load_encoder
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, BertModel, BertPreTrainedModel
 
 from tessera.errors import ModelError
 from tessera.scoring import maxsim_scores
+from tessera.training.checkpoints import load_encoder
 
 QUERIES = ["red fish", "what about cancer cells in mice, and why?", "the " * 20 + "dog"]
 DOCS = [

@@ -49,7 +49,7 @@ def test_distillation_loss_is_kl_teacher_to_student():
         s = [scores[i, j].item() for j in own[i].tolist()]
         ps = [math.exp(x) / sum(math.exp(y) for y in s) for x in s]
         pt = [math.exp(x) / sum(math.exp(y) for y in teacher[i].tolist()) for x in teacher[i].tolist()]
-        expected += sum(t * math.log(t / p) for t, p in zip(pt, ps))
+        expected += sum(t * math.log(t / p) for t, p in zip(pt, ps, strict=False))
     assert abs(distillation_loss(scores, own, teacher).item() - expected / 2) < 1e-6
 
 

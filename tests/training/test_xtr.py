@@ -5,13 +5,14 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer import config as train_config
+
 from tessera.training.checkpoints import load_encoder
 from tessera.training.losses import colbert_scores
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
 from tessera.training.trainer import Trainer
 from tessera.training.xtr import XTRObjective, xtr_scores
-from test_trainer import config as train_config
 
 
 def _data(seed=0, b=3, lq=4, n=5, ld=6, dim=8):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
+
 from tessera.service.store.migrate import VERSION_TABLE
 from tessera.service.store.models import Base
 
