@@ -1,12 +1,18 @@
 """``tessera demo``: the main job on the embedded defaults.
 
-Encodes the bundled sample corpus (Tessera's own documentation, split into passages) with the
-``default`` model and answers a few questions, printing the top passages.
+Starts ``tessera serve`` (SQLite store and indexes under ``./.tessera-demo``), creates a collection with
+the ``default`` model, indexes the bundled sample corpus (Tessera's own documentation, split into
+passages) through the client SDK, answers a few questions, and stops the server with SIGTERM.
+Run it again and the unchanged passages are not re-encoded.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,33 +25,117 @@ DEMO_QUERIES = [
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="index the bundled sample corpus and answer a few queries")
+    p = subparsers.add_parser(
+        "demo",
+        help="start the service, index the bundled sample corpus through the SDK, answer a few queries",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
+    p.add_argument("--data-dir", default=".tessera-demo", help="the server's data directory")
+    p.add_argument("--collection", default="sample", help="collection name")
+    p.add_argument("--method", default="plaid", help="search method: exact, plaid, xtr, prf, two-stage")
     p.add_argument("--k", type=int, default=3, help="passages to show per query")
+    p.add_argument("--local", action="store_true", help="run the engine in-process instead of a server")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
     p.add_argument("query", nargs="*", help="questions to ask (default: three built-in ones)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """``tessera serve`` in a child process; its log goes to DATA_DIR/server.log."""
+
+    def __init__(self, data_dir: Path, timeout: float) -> None:
+        self.port = _free_port()
+        self.log_path = data_dir / "server.log"
+        self._log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "tessera.cli", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
+        cmd += ["--log-format", "text"]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.target = f"127.0.0.1:{self.port}"
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        from tessera.client import Client, ServiceError
+
+        deadline = time.monotonic() + timeout
+        with Client(self.target, timeout=2.0, max_retries=0) as probe:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    if probe.health(timeout=1.0) == "SERVING":
+                        return
+                except ServiceError:
+                    pass
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not start within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _documents():
     from tessera.datasets import load_corpus
-    from tessera.scoring import maxsim_topk
-    from tessera.training.checkpoints import load_encoder
 
     corpus = load_corpus(SAMPLE_CORPUS)
-    ids = list(corpus)
+    docs = [
+        {"id": doc_id, "text": doc.full_text, "metadata": {"title": doc.title}} for doc_id, doc in corpus.items()
+    ]
+    return corpus, docs
+
+
+def _run_job(client, args: argparse.Namespace) -> None:
+    corpus, docs = _documents()
     t0 = time.perf_counter()
-    encoder = load_encoder(args.model)
-    print(f"model {args.model!r} loaded in {time.perf_counter() - t0:.1f}s")
+    client.create_collection(args.collection, args.model, if_not_exists=True)
+    result = client.bulk_upsert(args.collection, docs, progress=True)
+    took = time.perf_counter() - t0
+    print(
+        f"collection {args.collection!r}: {len(docs)} passages in {took:.1f}s "
+        f"({result.inserted} new, {result.updated} changed, {result.unchanged} unchanged and not re-encoded)"
+    )
+    for query in args.query or DEMO_QUERIES:
+        found = client.search(args.collection, query, k=args.k, method=args.method, fields=["text"])
+        print(f"\nQ: {query}   [{args.method}, {found.took_ms:.1f} ms in the service]")
+        for rank, hit in enumerate(found.hits, 1):
+            doc = corpus[hit.id]
+            snippet = " ".join(doc.text.split())[:150]
+            print(f"  {rank}. [{hit.score:6.2f}] {doc.title} — {snippet}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tessera.client import Client
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.local:
+        with Client.local(data_dir) as client:
+            _run_job(client, args)
+        return 0
+    print(f"starting `tessera serve --data-dir {data_dir}` ...", flush=True)
     t0 = time.perf_counter()
-    docs = encoder.encode_documents([corpus[i].full_text for i in ids], progress=True, desc="indexing sample")
-    print(f"indexed {len(ids)} passages ({docs.vectors.shape[0]} token vectors) in {time.perf_counter() - t0:.1f}s")
-    queries = args.query or DEMO_QUERIES
-    q = encoder.encode_queries(queries)
-    scores, idx = maxsim_topk(q, docs, args.k)
-    for qi, query in enumerate(queries):
-        print(f"\nQ: {query}")
-        for rank, (s, j) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist(), strict=False), 1):
-            doc = corpus[ids[j]]
-            snippet = " ".join(doc.text.split())[:160]
-            print(f"  {rank}. [{s:6.2f}] {doc.title} — {snippet}")
-    return 0
+    server = _Server(data_dir, args.startup_timeout)
+    print(f"serving on {server.target} (pid {server.proc.pid}) after {time.perf_counter() - t0:.1f}s")
+    try:
+        with Client(server.target, timeout=300.0) as client:
+            _run_job(client, args)
+    finally:
+        code = server.stop()
+        print(f"\nserver stopped (exit code {code}); log in {server.log_path}")
+    return 0 if code == 0 else 1
