@@ -302,6 +302,34 @@ class MultiVectorIndex:
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         return [Hit(ids[i], float(scores[i])) for i in order]
 
+    def rerank(
+        self, queries: torch.Tensor, candidates: Sequence[Sequence[str]], k: int | None = None
+    ) -> list[list[Hit]]:
+        """Second stage of a two-stage search: exact MaxSim of each query [nq, Lq, dim] against its own
+        candidate ids (e.g. from a first-stage index), best first, at most ``k`` per query.
+
+        Candidates no longer in the index (deleted since the first stage ran, or never added) are
+        skipped, not an error: the first stage may be a separate system. Scores come from the stored
+        fp16 originals when the index keeps them (``keep_vectors``), else from decompressed residuals.
+        """
+        self._check_open()
+        q = check_queries(queries, self.dim)
+        if len(candidates) != q.shape[0]:
+            raise ValueError(f"{q.shape[0]} queries but {len(candidates)} candidate lists")
+        if k is not None:
+            k = check_k(k, self.settings["max_k"])
+        snap = self._snap
+        out = []
+        for row, ids in enumerate(candidates):
+            ids = [x for x in dict.fromkeys(check_ids(ids, "candidates")) if x in snap.locations]
+            if not ids:
+                out.append([])
+                continue
+            scores = exact.score_docs(snap, q[row : row + 1].to(snap.codec.device), snap.global_index(ids))[0]
+            order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
+            out.append([Hit(ids[i], float(scores[i])) for i in order])
+        return out
+
     # -- writing ----------------------------------------------------------------------------------
     def _train_codec(self, vectors: torch.Tensor) -> ResidualCodec:
         s = self.settings

@@ -52,6 +52,7 @@ from tessera.client.types import (
 )
 from tessera.errors import ModelError, TesseraError
 from tessera.index import MultiVectorIndex
+from tessera.packed import PackedDocuments
 from tessera.scoring import maxsim_scores
 from tessera.service import validation as check
 from tessera.service.batcher import QueryBatcher
@@ -366,17 +367,32 @@ class Engine:
         return True
 
     # -- documents --------------------------------------------------------------------------------
-    def upsert(self, collection: str, documents: Iterable[Document | Mapping | tuple]) -> UpsertResult:
-        """Insert or replace documents; returns when they are durable in the store and the index."""
+    def upsert(
+        self,
+        collection: str,
+        documents: Iterable[Document | Mapping | tuple],
+        *,
+        vectors: PackedDocuments | None = None,
+    ) -> UpsertResult:
+        """Insert or replace documents; returns when they are durable in the store and the index.
+
+        ``vectors``: the documents' token vectors, in order, already encoded with the collection's model
+        (a batch indexing job); the new and changed documents are indexed from them, not re-encoded."""
         live = self._get(collection)
         docs = check.documents(documents, self.limits)
+        if vectors is not None:
+            _check_vectors(vectors, len(docs), live.dim)
         if not docs:
             return UpsertResult()
         with live.write_lock:
             self._check_live(live)
             plan = self.store.stage_upsert(live.id, [(d.id, d.text, dict(d.metadata)) for d in docs])
             if plan.to_encode:
-                self._index_texts(live, plan.to_encode)
+                if vectors is None:
+                    self._index_texts(live, plan.to_encode)
+                else:
+                    row = {d.id: i for i, d in enumerate(docs)}
+                    self._index_vectors(live, plan.to_encode, vectors.select([row[r[0]] for r in plan.to_encode]))
         return UpsertResult(plan.inserted, plan.updated, plan.unchanged)
 
     def bulk_upsert(
@@ -412,6 +428,13 @@ class Engine:
             self.store.mark_indexed(live.id, [(r[0], r[2]) for r in part])
             bar.update(len(part))
         bar.close()
+        self._sync_segments(live)
+
+    def _index_vectors(self, live: _Live, rows: Sequence[tuple[str, str, str]], packed: PackedDocuments) -> None:
+        """Add (id, text, hash) rows with their given vectors, flush, confirm them in the store."""
+        live.index.add([r[0] for r in rows], packed)
+        live.index.flush()
+        self.store.mark_indexed(live.id, [(r[0], r[2]) for r in rows])
         self._sync_segments(live)
 
     def _sync_segments(self, live: _Live) -> None:
@@ -569,12 +592,8 @@ class Engine:
             )
         candidates = min(candidates, max(self.limits.max_k, k) * 10)
         first_hits = live.index.search(q, k=candidates, method=first, params=params, allowed_ids=allowed)
-        out = []
-        for row, hits in enumerate(first_hits):
-            ids = [h.id for h in hits]
-            snap_ids = [i for i in ids if i in live.index]  # a concurrent delete may remove some
-            out.append(live.index.score(q[row], snap_ids)[:k] if snap_ids else [])
-        return out
+        # ids deleted meanwhile are skipped by rerank
+        return live.index.rerank(q, [[h.id for h in hits] for hits in first_hits], k)
 
     def _attach(self, live: _Live, hits: list[list], fields: tuple[str, ...]) -> list[list[SearchHit]]:
         if not fields:
@@ -716,6 +735,15 @@ class Engine:
                 f"({sum(s != 'indexed' for s in status.values())} pending), index has {len(in_index)}, "
                 f"{len(set(status) ^ in_index)} differ"
             )
+
+
+def _check_vectors(vectors, n: int, dim: int) -> None:
+    if not isinstance(vectors, PackedDocuments):
+        raise InvalidArgument(f"must be PackedDocuments, got {type(vectors).__name__}", field="vectors")
+    if len(vectors) != n:
+        raise InvalidArgument(f"holds {len(vectors)} documents for {n} documents", field="vectors")
+    if n and vectors.dim != dim:
+        raise InvalidArgument(f"have dimension {vectors.dim} but the collection has {dim}", field="vectors")
 
 
 def _wait_for_maintenance(index: MultiVectorIndex) -> None:
