@@ -31,18 +31,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="bm25, minilm (single-vector all-MiniLM-L6-v2 baseline), default, or a multi-vector "
-        "checkpoint folder / hub id",
+        help="bm25, minilm (single-vector all-MiniLM-L6-v2 baseline), default, or a checkpoint folder / hub "
+        "id: multi-vector (ColBERT, XTR, CRISP) or dense (DupMAE; searched exactly by FAISS inner product)",
     )
     p.add_argument(
         "--method",
         default="exact",
-        help="search method for multi-vector models: exact, or an index method "
-        "(plaid, xtr, prf) run on an in-memory index",
+        help="search method for multi-vector models: exact, an index method (plaid, xtr, prf) run on an "
+        "in-memory index, or dupmae+rerank (the --first-stage model's FAISS top candidates reranked by "
+        "--model with exact MaxSim through the index; --params '{\"candidates\": 200}')",
     )
     p.add_argument(
         "--params", default=None, help="method parameters as a JSON object, e.g. '{\"ncells\": 4}'"
     )
+    p.add_argument(
+        "--first-stage",
+        default=None,
+        metavar="MODEL",
+        help="dupmae+rerank: the single-vector first-stage model (a DupMAE / dense checkpoint, or minilm)",
+    )
+    p.add_argument(
+        "--posthoc",
+        default=None,
+        metavar="VARIANT",
+        help="post-hoc k-means baseline: cluster an unclustered multi-vector model's stored vectors to the "
+        "counts of a CRISP variant (C4x8: 4 per query, 8 per document; C0x8: documents only; R0.25: a "
+        "quarter of each text's tokens) before searching",
+    )
+    p.add_argument("--posthoc-iters", type=int, default=10, help="Lloyd iterations of the post-hoc k-means")
     p.add_argument(
         "--nbits", type=int, default=2, choices=[1, 2, 4], help="index residual bits (index methods)"
     )
@@ -79,6 +95,13 @@ def format_table(result: dict) -> str:
         "",
     ]
     lines += [f"  {label:<12}{result[key]:.4f}" for label, key in _ROWS]
+    if "vectors_per_doc" in result:
+        size = f"  {'vectors':<12}{result['vectors_per_doc']:.1f} per document"
+        if "index_code_bytes" in result:
+            size += f", index codes {result['index_code_bytes'] / 2**20:.1f} MiB"
+        elif "index_bytes" in result:
+            size += f", index {result['index_bytes'] / 2**20:.1f} MiB"
+        lines += [size]
     encode = f"  {'encode':<12}{result['encode_seconds']:.1f} s"
     if "doc_cache" in result:
         encode += f" (document cache {result['doc_cache']})"
@@ -105,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         params=_params(args.params),
         nbits=args.nbits,
+        first_stage=args.first_stage,
+        posthoc=args.posthoc,
+        posthoc_iters=args.posthoc_iters,
     )
     if args.json:
         print(json.dumps(result, sort_keys=True))

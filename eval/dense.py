@@ -88,3 +88,15 @@ class MeanPoolingEncoder:
                 out[idx] = F.normalize(pooled, p=2, dim=-1).float().cpu()
                 bar.update(len(idx))
         return out
+
+
+def inner_product_search(queries: torch.Tensor, docs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (scores, document rows) per query by inner product through a FAISS flat index (exact)."""
+    import faiss
+    import numpy as np
+
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+    index = faiss.IndexFlatIP(docs.shape[1])
+    index.add(np.ascontiguousarray(docs.float().numpy()))
+    scores, rows = index.search(np.ascontiguousarray(queries.float().numpy()), min(k, docs.shape[0]))
+    return torch.from_numpy(scores), torch.from_numpy(rows)

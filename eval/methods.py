@@ -7,6 +7,7 @@ encodings are loaded into an in-memory index and searched with that method.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ class SearchOptions:
     device: str = "cpu"
     params: dict = field(default_factory=dict)  # method parameters (index methods)
     nbits: int = 2  # residual bits per dimension of the in-memory index (index methods)
+    info: dict = field(default_factory=dict)  # filled by a method: index build time and size
 
 
 SearchFn = Callable[[torch.Tensor, PackedDocuments, Sequence[str], SearchOptions], Hits]
@@ -63,11 +65,16 @@ def via_index(method: str) -> SearchFn:
         from tessera.index import MultiVectorIndex
 
         try:
-            index = MultiVectorIndex.create(None, docs.dim, nbits=opts.nbits, device=opts.device)
+            t0 = time.perf_counter()
+            index = MultiVectorIndex.create(None, docs.dim, nbits=opts.nbits, device=opts.device, auto_retrain=False)
             index.add(list(ids), docs)
+            t1 = time.perf_counter()
             results = index.search(queries, k=opts.k, method=method, params=opts.params or None)
+            t2 = time.perf_counter()
         except ValueError as exc:
             raise MethodError(f"method {method!r}: {exc}") from None
+        opts.info.update(index_build_seconds=t1 - t0, retrieval_seconds=t2 - t1,
+                         index_memory_bytes=int(index.stats()["memory_bytes"]))
         return [[(hit.id, hit.score) for hit in row] for row in results]
 
     search.__doc__ = f"{method} search through an in-memory tessera.index.MultiVectorIndex."

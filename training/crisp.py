@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.errors import DataError
+from tessera.packed import PackedDocuments
 from tessera.training.config import EncoderConfig
 from tessera.training.encoder import Encoder, MultiVectorModel
 from tessera.training.losses import colbert_scores
@@ -136,6 +137,17 @@ def cluster(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, iters: int
     return cluster_means(x, assign, slots)
 
 
+def cluster_query_vectors(q: torch.Tensor, spec: ClusterSpec, iters: int | None = None) -> torch.Tensor:
+    """[B, Lq, dim] -> [B, K, dim] representatives (every query position is scored, as in ColBERT;
+    empty slots are zero vectors, which add nothing to MaxSim); unchanged when queries are not clustered."""
+    valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+    k = spec.clusters(valid.sum(1), "query")
+    if k is None:
+        return q
+    reps, mask = cluster(q, valid, k, spec.iters if iters is None else iters)
+    return reps * mask[..., None].to(reps.dtype)
+
+
 class CRISPModel(MultiVectorModel):
     """A multi-vector model whose queries and documents are reduced to cluster representatives."""
 
@@ -151,14 +163,8 @@ class CRISPModel(MultiVectorModel):
         return out
 
     def cluster_queries(self, q: torch.Tensor) -> torch.Tensor:
-        """[B, Lq, dim] -> [B, K, dim] representatives (every query position is scored, as in ColBERT;
-        empty slots are zero vectors, which add nothing to MaxSim)."""
-        valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
-        k = self.spec.clusters(valid.sum(1), "query")
-        if k is None:
-            return q
-        reps, mask = cluster(q, valid, k, self.spec.iters)
-        return reps * mask[..., None].to(reps.dtype)
+        """[B, Lq, dim] -> [B, K, dim] representatives (see ``cluster_query_vectors``)."""
+        return cluster_query_vectors(q, self.spec)
 
     def cluster_documents(self, d: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.spec.clusters(keep.sum(1), "doc")
@@ -220,3 +226,27 @@ def posthoc_kmeans(vectors: torch.Tensor, k: int, iters: int = 4) -> torch.Tenso
     k_t = torch.tensor([min(k, n)])
     reps, mask = cluster(vectors[None].float(), torch.ones(1, n, dtype=torch.bool), k_t, iters)
     return reps[0][mask[0]]
+
+
+def posthoc_documents(docs: PackedDocuments, spec: ClusterSpec, iters: int | None = None, batch: int = 256
+                      ) -> PackedDocuments:
+    """Post-hoc baseline: each document's stored vectors replaced by k-means representatives, as many as
+    a CRISP model with ``spec`` keeps for a document of that length (the same clustering code, applied
+    after training to an unclustered model's vectors). Representatives are fp16 with token id -1."""
+    iters = spec.iters if iters is None else iters
+    vecs, lens = [], []
+    for start in range(0, len(docs), batch):
+        x, valid = docs.padded(start, min(start + batch, len(docs)))
+        k = spec.clusters(valid.sum(1), "doc")
+        if k is None:
+            raise DataError("post-hoc clustering needs a variant that clusters documents (e.g. C4x8, R0.25)")
+        if x.shape[1] == 0:  # only empty documents in this batch
+            lens.append(torch.zeros(x.shape[0], dtype=torch.long))
+            continue
+        reps, mask = cluster(x, valid, k, iters)
+        vecs.append(reps[mask])
+        lens.append(mask.sum(1))
+    if not lens:
+        return docs
+    out = torch.cat(vecs).half() if vecs else docs.vectors[:0]
+    return PackedDocuments(out, torch.full((out.shape[0],), -1, dtype=torch.int32), torch.cat(lens).long())

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from test_trainer import config as train_config
 
 from tessera.errors import DataError
+from tessera.packed import PackedDocuments
 from tessera.scoring import maxsim_scores
 from tessera.training.checkpoints import load_encoder, save_checkpoint
 from tessera.training.crisp import (
@@ -14,6 +15,7 @@ from tessera.training.crisp import (
     CRISPObjective,
     cluster,
     kmeans_assign,
+    posthoc_documents,
     posthoc_kmeans,
 )
 from tessera.training.objectives import Batch
@@ -210,3 +212,19 @@ def test_crisp_loss_runs_under_bf16_autocast(tiny_encoder):
         loss, _ = obj.loss(enc, batch)
     loss.backward()
     assert torch.isfinite(loss) and enc.model.linear.weight.grad.abs().sum() > 0
+
+
+def test_posthoc_documents_batches_the_per_document_baseline():
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 0, 1, 12, 3, 9])
+    vecs = F.normalize(torch.randn(int(lengths.sum()), 8), dim=-1).half()
+    docs = PackedDocuments(vecs, torch.arange(len(vecs), dtype=torch.int32), lengths)
+    for variant, counts in (("C2x4", [4, 0, 1, 4, 3, 4]), ("R0.25", [2, 0, 1, 3, 1, 3])):
+        out = posthoc_documents(docs, ClusterSpec.parse(variant), iters=3, batch=4)  # batches cross lengths
+        assert out.lengths.tolist() == counts and (out.token_ids == -1).all() and out.vectors.dtype == torch.float16
+        for j in range(len(docs)):
+            k = counts[j]
+            expected = posthoc_kmeans(docs.doc(j).float(), k, iters=3) if k else docs.doc(j).float()
+            torch.testing.assert_close(out.doc(j).float(), expected.half().float())
+    with pytest.raises(DataError, match="unknown CRISP variant"):
+        ClusterSpec.parse("X3")
