@@ -208,6 +208,12 @@ class Engine:
                     raise InvalidArgument(str(exc), field="model") from None
                 except OSError as exc:
                     raise InvalidArgument(f"cannot load model {spec!r}: {exc}", field="model") from None
+                if getattr(enc.config, "kind", "multivector") != "multivector":
+                    raise InvalidArgument(
+                        f"model {spec!r} is a dense ({enc.config.kind}) model with one vector per text; "
+                        "a collection needs a multi-vector model (ColBERT, XTR or CRISP)",
+                        field="model",
+                    )
                 q_enc = copy.copy(enc)
                 q_enc.tokenizer = copy.deepcopy(enc.tokenizer)
 
