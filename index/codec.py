@@ -10,6 +10,7 @@ to the reconstruction values of the dimensions it holds, so it is one gather per
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,17 @@ SUPPORTED_NBITS = (1, 2, 4)
 _CHUNK = 1 << 16  # vectors per assignment / compression block
 _HNSW_WORK = 1 << 33  # vectors x centroids above which assignment uses an HNSW graph ...
 _HNSW_MIN_CENTROIDS = 16384  # ... when there are this many centroids (below, BLAS is faster)
+
+StopCheck = Callable[[], bool] | None  # polled between k-means iterations and encoding blocks
+
+
+class Cancelled(Exception):
+    """Training or encoding was stopped because the caller's ``should_stop`` returned True."""
+
+
+def _check(should_stop: StopCheck) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped on request")
 
 
 def default_ncentroids(n_vectors: int) -> int:
@@ -87,8 +99,12 @@ class ResidualCodec:
         points_per_centroid: int = 64,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        should_stop: StopCheck = None,
     ) -> ResidualCodec:
-        """Train centroids with faiss k-means on a sample, then residual quantiles on held-out data."""
+        """Train centroids with faiss k-means on a sample, then residual quantiles on held-out data.
+
+        With ``should_stop``, k-means runs one iteration per faiss call and the check is polled
+        between them (raising ``Cancelled``), so that a background re-training can stop quickly."""
         import faiss
 
         n, dim = vectors.shape
@@ -101,25 +117,30 @@ class ResidualCodec:
         norms = vectors[perm[:4096]].float().norm(dim=1)
         normalize = bool(((norms - 1).abs() < 1e-2).all())
         use_gpu = torch.device(device).type == "cuda" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
-        km = faiss.Kmeans(
-            dim,
-            k,
-            niter=niter,
-            seed=seed,
-            spherical=normalize,
-            verbose=False,
-            max_points_per_centroid=points_per_centroid,
-            min_points_per_centroid=1,
-            gpu=use_gpu,
-        )
-        km.train(np.ascontiguousarray(sample.numpy()))
+        opts = {
+            "seed": seed,
+            "spherical": normalize,
+            "verbose": False,
+            "max_points_per_centroid": points_per_centroid,
+            "min_points_per_centroid": 1,
+            "gpu": use_gpu,
+        }
+        x = np.ascontiguousarray(sample.numpy())
+        if should_stop is None:
+            km = faiss.Kmeans(dim, k, niter=niter, **opts)
+            km.train(x)
+        else:  # one iteration per call, each starting from the previous centroids
+            km = faiss.Kmeans(dim, k, niter=1, **opts)
+            for it in range(max(1, niter)):
+                _check(should_stop)
+                km.train(x, init_centroids=km.centroids if it else None)
         centroids = torch.from_numpy(km.centroids.copy())
         # Residual statistics on (up to) 64k vectors.
         held = vectors[perm[-min(n, 65536) :]].float()
         coarse = cls(
             centroids, torch.zeros(dim, (1 << nbits) - 1), torch.zeros(dim, 1 << nbits), nbits, normalize, 0.0
         )
-        res = (held - centroids[coarse.assign(held)]).numpy()
+        res = (held - centroids[coarse.assign(held, should_stop)]).numpy()
         levels = 1 << nbits
         cut_q = np.arange(1, levels) / levels
         w_q = (np.arange(levels) + 0.5) / levels
@@ -144,7 +165,7 @@ class ResidualCodec:
         return moved
 
     # -- encoding ---------------------------------------------------------------------------------
-    def assign(self, vectors: torch.Tensor) -> torch.Tensor:
+    def assign(self, vectors: torch.Tensor, should_stop: StopCheck = None) -> torch.Tensor:
         """Nearest centroid (L2) of each vector, int32. Large CPU jobs search an HNSW graph over the
         centroids (near-exact, many times faster than the full product); small ones are exact."""
         n = vectors.shape[0]
@@ -156,6 +177,7 @@ class ResidualCodec:
         )
         bar = tqdm(total=n, desc="assigning centroids", unit="vec", disable=n < 1 << 20, dynamic_ncols=True)
         for i in range(0, n, _CHUNK):
+            _check(should_stop)
             v = vectors[i : i + _CHUNK].to(self.device, torch.float32)
             if use_graph:
                 _, idx = self._graph().search(np.ascontiguousarray(v.numpy()), 1)
@@ -179,10 +201,10 @@ class ResidualCodec:
             self._hnsw = graph
         return self._hnsw
 
-    def compress(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compress(self, vectors: torch.Tensor, should_stop: StopCheck = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes int32 [n], packed residuals uint8 [n, dim*nbits/8])."""
         n = vectors.shape[0]
-        codes = self.assign(vectors)
+        codes = self.assign(vectors, should_stop)
         packed = torch.empty(n, self.bytes_per_vector, dtype=torch.uint8)
         cut = self.cutoffs.to(self.device)
         shifts = self._shifts.to(self.device).long()

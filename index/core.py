@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from tessera.index import exact
-from tessera.index.codec import ResidualCodec
+from tessera.index.codec import Cancelled, ResidualCodec, StopCheck
 from tessera.index.errors import IndexCorruptError, IndexExistsError
 from tessera.index.kernels import take
 from tessera.index.segment import Segment
@@ -80,6 +80,7 @@ class MultiVectorIndex:
         self._tombstones: dict[str, tuple[torch.Tensor, dict | None]] = tombstones or {}
         self._closed = False
         self._retrain_thread: threading.Thread | None = None
+        self._stop_retrain = threading.Event()
         self.last_retrain_error: BaseException | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -156,8 +157,17 @@ class MultiVectorIndex:
             folder, dim, nbits, str(device), settings, snap, next_segment, generation, codec_entry, tombstones
         )
 
-    def close(self) -> None:
+    def close(self, cancel_maintenance: bool = False) -> None:
+        """Wait for a background re-training to finish (so that its result is kept), flush, close.
+
+        ``cancel_maintenance=True`` stops a running re-training at its next check point instead (within
+        one k-means iteration or one block of 65k vectors) and keeps the current codec. An index that is
+        never closed does not hold the interpreter up for long either: when the main thread ends, a
+        running re-training stops at its next check point and nothing of it is kept (unflushed changes
+        are lost in any case)."""
         if not self._closed:
+            if cancel_maintenance:
+                self._stop_retrain.set()
             self.wait_for_maintenance()
             if self.path is not None:
                 self.flush()
@@ -331,7 +341,7 @@ class MultiVectorIndex:
         return out
 
     # -- writing ----------------------------------------------------------------------------------
-    def _train_codec(self, vectors: torch.Tensor) -> ResidualCodec:
+    def _train_codec(self, vectors: torch.Tensor, should_stop: StopCheck = None) -> ResidualCodec:
         s = self.settings
         return ResidualCodec.train(
             vectors,
@@ -341,6 +351,7 @@ class MultiVectorIndex:
             s["kmeans_points_per_centroid"],
             s["seed"],
             self.device,
+            should_stop,
         )
 
     def _new_segment_name(self) -> str:
@@ -478,7 +489,14 @@ class MultiVectorIndex:
 
         The work runs without blocking searches or writers; the result is swapped in atomically, and
         documents added, replaced or deleted meanwhile are carried over. ``background=True`` returns
-        at once (``wait_for_maintenance`` joins it)."""
+        at once (``wait_for_maintenance`` joins it; ``close`` waits for it).
+
+        A re-training changes search results: every stored vector gets new codes, so approximate
+        methods (plaid, xtr, prf, and exact on an index without ``keep_vectors``) can return other
+        documents or scores for the same query before and after the swap (usually better ones, as
+        the codes then fit the data again). Searches see either the old snapshot or the new one,
+        never a mix. With ``auto_retrain`` (the default) this can happen after any ``add``; set
+        ``auto_retrain=False`` where results must stay reproducible between calls."""
         self._check_open()
         with self._lock:
             if self._retrain_thread is not None:
@@ -487,8 +505,11 @@ class MultiVectorIndex:
                     return self.retrain()
                 return
             if background:
+                # not a daemon: the interpreter joins it at exit instead of killing it inside native
+                # code (which aborts the process); _should_stop makes it end quickly then
+                self._stop_retrain.clear()
                 self._retrain_thread = threading.Thread(
-                    target=self._retrain_guarded, name="tessera-retrain", daemon=True
+                    target=self._retrain_guarded, name="tessera-retrain", daemon=False
                 )
                 self._retrain_thread.start()
                 return
@@ -500,9 +521,16 @@ class MultiVectorIndex:
         if thread is not None:
             thread.join()
 
+    def _should_stop(self) -> bool:
+        """Polled by a background re-training: stop on close(cancel_maintenance=True) or when the
+        main thread has ended (interpreter shutdown, or an index nobody will close)."""
+        return self._stop_retrain.is_set() or not threading.main_thread().is_alive()
+
     def _retrain_guarded(self) -> None:
         try:
-            self._retrain_work()
+            self._retrain_work(self._should_stop)
+        except Cancelled:
+            log.info("background re-training stopped before it finished; the index keeps its codec")
         except BaseException as exc:  # noqa: BLE001 - a failed re-train leaves the index as it was
             log.exception("background re-training failed")
             self.last_retrain_error = exc
@@ -527,7 +555,7 @@ class MultiVectorIndex:
             )
         return PackedDocuments(vecs, take(seg.token_ids, pos).cpu(), seg.lengths[local.to(seg.device)].cpu())
 
-    def _retrain_work(self) -> None:
+    def _retrain_work(self, should_stop: StopCheck = None) -> None:
         start = self._snap
         old = start.codec
         if old is None:
@@ -538,11 +566,14 @@ class MultiVectorIndex:
             return
         docs = PackedDocuments.concat([self._live_vectors(s, old, loc) for s, loc in parts])
         ids = [s.ids[i] for s, loc in parts for i in loc.tolist()]
-        codec = self._train_codec(docs.vectors)
+        codec = self._train_codec(docs.vectors, should_stop)
         with self._lock:
             name = self._new_segment_name()
-        rebuilt = Segment.build(name, ids, docs, codec, self.settings["keep_vectors"]).to(self.device)
+        rebuilt = Segment.build(name, ids, docs, codec, self.settings["keep_vectors"], should_stop)
+        rebuilt = rebuilt.to(self.device)
         del docs
+        if should_stop is not None and should_stop():
+            raise Cancelled("stopped on request")
         with self._lock:
             now = self._snap
             before = {id(s) for s in start.segments}

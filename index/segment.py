@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tessera.index.codec import ResidualCodec
+from tessera.index.codec import ResidualCodec, StopCheck
 from tessera.index.kernels import padded_positions, ranges, take
 from tessera.index.storage import read_arrays, write_arrays
 from tessera.packed import PackedDocuments
@@ -94,8 +94,9 @@ class Segment:
         docs: PackedDocuments,
         codec: ResidualCodec,
         keep_vectors: bool = False,
+        should_stop: StopCheck = None,
     ) -> Segment:
-        codes, residuals = codec.compress(docs.vectors)
+        codes, residuals = codec.compress(docs.vectors, should_stop)
         sample = docs.vectors[:: max(1, docs.vectors.shape[0] // 8192)]
         error = codec.reconstruction_error(sample)
         ivf_offsets, ivf_docs = build_ivf(codes, docs.lengths, codec.ncentroids)

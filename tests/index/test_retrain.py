@@ -85,3 +85,63 @@ def test_growth_triggers_retraining_with_more_centroids(corpus, doc_ids):
     index.wait_for_maintenance()
     assert index.snapshot.codec.ncentroids > small
     assert index.snapshot.codec.trained_on == index.stats()["vectors"]
+
+
+_EXIT_SCRIPT = """
+import logging
+import sys
+import time
+from tessera.index import MultiVectorIndex
+logging.basicConfig(level=logging.INFO)
+from tessera.index.synthetic import make_corpus
+corpus = make_corpus(n_docs=2000, dim=64, mean_len=30, vocab=1500, topics=30, seed=0)
+ids = [f"d{i}" for i in range(len(corpus.docs))]
+index = MultiVectorIndex.create(sys.argv[1], 64, kmeans_niter=50)
+index.add(ids[:10], corpus.docs.select(range(10)))
+index.add(ids[10:], corpus.docs.select(range(10, len(ids))))  # 6x growth: re-training starts
+print("retraining", index.stats()["retraining"], flush=True)
+time.sleep(0.05)  # the daemon thread used to abort the process when killed in its first phases
+"""
+
+
+def test_interpreter_exit_during_background_retraining_is_clean(tmp_path):
+    """An index that is never closed while a re-training runs must not abort the process at exit
+    (a daemon thread killed inside native code did: 'terminate called without an active exception')."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, str(tmp_path / "idx")], capture_output=True, text=True, timeout=300
+    )
+    assert "retraining True" in done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    # the interpreter joined the thread, which saw the main thread end and stopped at a check point
+    assert "background re-training stopped before it finished" in done.stderr
+
+
+def _growing(corpus, doc_ids, path, niter):
+    index = MultiVectorIndex.create(path, corpus.docs.dim, kmeans_niter=niter)
+    index.add(doc_ids[:10], corpus.docs.select(range(10)))
+    small = index.snapshot.codec
+    index.add(doc_ids[10:], corpus.docs.select(range(10, len(doc_ids))))
+    assert index.stats()["retraining"]
+    return index, small
+
+
+def test_close_waits_for_background_retraining_and_keeps_it(tmp_path, corpus, doc_ids):
+    index, small = _growing(corpus, doc_ids, tmp_path / "idx", niter=20)
+    index.close()
+    assert not index.stats()["retraining"] and index.last_retrain_error is None
+    assert index.snapshot.codec is not small
+    reopened = MultiVectorIndex.open(tmp_path / "idx")
+    assert reopened.snapshot.codec.trained_on == reopened.stats()["vectors"]
+    assert reopened.snapshot.codec.ncentroids == index.snapshot.codec.ncentroids > small.ncentroids
+
+
+def test_close_can_cancel_background_retraining(tmp_path, corpus, doc_ids):
+    index, small = _growing(corpus, doc_ids, tmp_path / "idx", niter=10_000)  # would run for minutes
+    index.close(cancel_maintenance=True)
+    assert not index.stats()["retraining"] and index.last_retrain_error is None
+    assert index.snapshot.codec is small
+    assert MultiVectorIndex.open(tmp_path / "idx").snapshot.codec.ncentroids == small.ncentroids
