@@ -3,12 +3,16 @@
 ColBERT conventions: a query marker and a document marker after [CLS]; queries padded with
 [MASK] to query_maxlen and every position scored; documents truncated to doc_maxlen with
 punctuation and padding dropped. Token ids are kept beside document vectors.
+
+Inference (``encode_queries``, ``encode_documents``) can run the forward pass on another backend
+(ONNX Runtime, int8; see ``tessera.training.runtime`` and ``Encoder.set_backend``); training always
+uses the torch model.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +61,49 @@ class Encoder:
                 if len(ids) == 1:
                     skip.add(ids[0])
         self.skiplist = torch.tensor(sorted(skip), dtype=torch.long)
+        # Inference backends of queries and documents (None: the torch model itself, fp32).
+        self.query_runner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.doc_runner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    # -- inference backends ---------------------------------------------------------------------
+    def set_backend(
+        self,
+        backend: str = "torch",
+        quantize: str | None = None,
+        threads: int | None = None,
+        *,
+        queries: bool = True,
+        documents: bool = True,
+        cache_dir=None,
+    ) -> None:
+        """Run inference with ``backend`` ('torch' or 'onnx'), ``quantize`` (None or 'int8') and
+        ``threads`` intra-op threads, for queries and/or documents. Training is not affected."""
+        from tessera.training.runtime import Runtime
+
+        self.set_runtime(Runtime(backend, quantize, threads), queries=queries, documents=documents,
+                         cache_dir=cache_dir)
+
+    def set_runtime(self, runtime, *, queries: bool = True, documents: bool = True, cache_dir=None) -> None:
+        """Like ``set_backend`` with a ``tessera.training.runtime.Runtime``."""
+        from tessera.training.runtime import make_runner
+
+        runner = None if runtime.is_reference and runtime.threads is None else make_runner(
+            self.model, runtime, cache_dir
+        )
+        if queries:
+            self.query_runner = runner
+        if documents:
+            self.doc_runner = runner
+
+    def backend_name(self, kind: str = "documents") -> str:
+        """The backend encoding ``kind`` ('queries' or 'documents'): torch, torch-int8, onnx, onnx-int8."""
+        runner = self.query_runner if kind == "queries" else self.doc_runner
+        return "torch" if runner is None else runner.name  # type: ignore[attr-defined]
+
+    def _infer(self, runner, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if runner is None:
+            return self.model(ids.to(self.device), mask.to(self.device))
+        return runner(ids, mask)
 
     @property
     def dim(self) -> int:
@@ -96,6 +143,15 @@ class Encoder:
             keep &= ~torch.isin(ids, self.skiplist.to(ids.device))
         return keep
 
+    def length_order(self, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` sorted by their token count (as truncated for documents), stable."""
+        if not texts:
+            return []
+        lengths = self.tokenizer(
+            list(texts), max_length=self.config.doc_maxlen - 1, truncation=True, return_length=True
+        )["length"]
+        return sorted(range(len(texts)), key=lambda i: lengths[i])
+
     # -- differentiable forward passes (training) ----------------------------------------------
     def query_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(ids.to(self.device), mask.to(self.device))
@@ -113,7 +169,7 @@ class Encoder:
         reduce = getattr(self.model, "reduce_queries", None)  # e.g. CRISP: [B, Lq, dim] -> [B, K, dim]
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenize_queries(texts[i : i + batch_size])
-            q = self.query_forward(ids, mask)
+            q = self._infer(self.query_runner, ids, mask)
             out.append((reduce(q) if reduce is not None else q).float().cpu())
         if not out:
             return torch.empty(0, self.config.query_maxlen, self.dim)
@@ -123,12 +179,14 @@ class Encoder:
     def encode_documents(
         self, texts: Sequence[str], batch_size: int = 32, progress: bool | None = None, desc: str = "encoding"
     ) -> PackedDocuments:
-        """Token vectors (fp16) of every document, in input order; batches are sorted by length."""
+        """Token vectors (fp16) of every document, in input order.
+
+        Length bucketing: documents are sorted by token count so that each batch pads little (the
+        order is restored at the end)."""
         self.model.eval()
         texts = list(texts)
         n = len(texts)
-        # Sort by (character) length so each batch pads little; restore order at the end.
-        order = sorted(range(n), key=lambda i: len(texts[i]))
+        order = self.length_order(texts)
         vecs: list[torch.Tensor | None] = [None] * n
         toks: list[torch.Tensor | None] = [None] * n
         show = progress if progress is not None else n >= 500
@@ -136,7 +194,8 @@ class Encoder:
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             ids, mask = self.tokenize_documents([texts[j] for j in idx])
-            emb, keep = self.document_forward(ids, mask)
+            emb = self._infer(self.doc_runner, ids, mask)
+            keep = self.document_keep_mask(ids.to(emb.device), mask.to(emb.device))
             emb, keep, ids = emb.float().cpu(), keep.cpu(), ids.cpu()
             reduce = getattr(self.model, "reduce_documents", None)
             for row, j in enumerate(idx):
