@@ -6,6 +6,7 @@ import argparse
 import json
 
 from tessera.eval.harness import EvalError, evaluate
+from tessera.training.runtime import add_backend_argument
 
 _ROWS = [
     ("nDCG@10", "ndcg@10"),
@@ -69,7 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached encodings")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of torch and ONNX Runtime (None: their choice)"
+    )
+    add_backend_argument(p, default="torch", what="the multi-vector encoder (queries and documents)")
     p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object (the last stdout line)"
     )
@@ -91,7 +95,9 @@ def _params(text: str | None) -> dict:
 def format_table(result: dict) -> str:
     lines = [
         f"{result['data']} ({result['split']}): {result['queries']} queries, {result['docs']} documents",
-        f"model {result['model']}, method {result['method']}, top {result['k']}",
+        f"model {result['model']}, method {result['method']}, top {result['k']}"
+        + (f", backend {result['backend']['queries']}/{result['backend']['documents']} (queries/documents)"
+           if "backend" in result else ""),
         "",
     ]
     lines += [f"  {label:<12}{result[key]:.4f}" for label, key in _ROWS]
@@ -131,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         first_stage=args.first_stage,
         posthoc=args.posthoc,
         posthoc_iters=args.posthoc_iters,
+        backend=args.backend,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(result, sort_keys=True))

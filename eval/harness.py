@@ -53,6 +53,8 @@ def evaluate(
     first_stage: str | None = None,
     posthoc: str | None = None,
     posthoc_iters: int = 10,
+    backend: str = "torch",
+    threads: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on split ``split`` of the BEIR folder ``data_dir``.
 
@@ -67,6 +69,10 @@ def evaluate(
     index's ``rerank``. ``posthoc`` (a CRISP variant such as ``C4x8`` or ``R0.25``) replaces an unclustered
     model's document (and, if the variant says so, query) vectors by ``posthoc_iters`` Lloyd iterations
     of k-means representatives, as many as that CRISP variant keeps: the post-hoc clustering baseline.
+
+    ``backend`` (torch, torch-int8, onnx, onnx-int8, auto; see ``tessera.training.runtime``) runs the
+    model's inference, queries and documents, with ``threads`` intra-op threads; document encodings of a
+    backend other than torch fp32 are cached under their own key.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
         raise EvalError(f"k must be an integer of at least {MIN_K} (recall@100 is reported), got {k!r}")
@@ -82,6 +88,8 @@ def evaluate(
         if isinstance(posthoc_iters, bool) or not isinstance(posthoc_iters, int) or posthoc_iters < 0:
             raise EvalError(f"post-hoc k-means iterations must be a non-negative integer, got {posthoc_iters!r}")
         spec = ClusterSpec.parse(posthoc, posthoc_iters)
+    if model in BASELINES and backend != "torch":
+        raise EvalError(f"model {model!r} runs on torch only (--backend applies to the models Tessera loads)")
     if model in BASELINES:
         if method != "exact" or params or spec is not None:
             raise EvalError(
@@ -113,8 +121,10 @@ def evaluate(
     else:
         from tessera.training.checkpoints import load_encoder
         from tessera.training.dupmae import DenseEncoder
+        from tessera.training.runtime import use_backend
 
         encoder = load_encoder(model, device)
+        use_backend(encoder, backend, threads)
         opts = methods.SearchOptions(k=k, device=device, params=params, nbits=nbits)
         if isinstance(encoder, DenseEncoder):
             if method != "exact" or params or spec is not None:
@@ -139,6 +149,8 @@ def evaluate(
                 info["posthoc"] = posthoc
                 info["posthoc_iters"] = posthoc_iters
 
+    if model not in BASELINES and hasattr(encoder, "backend_name"):
+        info["backend"] = {"queries": encoder.backend_name("queries"), "documents": encoder.backend_name("documents")}
     qids = list(dataset.queries)
     if "retrieval_seconds" in info:
         info["ms_per_query"] = 1000 * info["retrieval_seconds"] / len(qids)
@@ -276,6 +288,8 @@ def _multivector_docs(dataset: BeirDataset, spec: str, encoder, batch_size: int,
     """(packed document vectors, cache status, cache key)."""
     ids, texts, _ = _texts(dataset)
     settings = {"kind": "multi-vector", **encoder.config.to_dict()}
+    if encoder.backend_name("documents") != "torch":  # torch fp32 keys stay as they were
+        settings["backend"] = encoder.backend_name("documents")
     key = cache.key(model_fingerprint(encoder.model, encoder.tokenizer, settings), corpus_fingerprint(ids, texts),
                     settings)
     docs = cache.load_packed(key, len(ids))

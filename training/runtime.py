@@ -342,3 +342,53 @@ def make_runner(
     if runtime.backend == "onnx":
         return OnnxRunner(model, runtime, cache_dir)
     return TorchRunner(model, runtime)
+
+
+def use_backend(
+    encoder,
+    spec: str = "auto",
+    threads: int | None = None,
+    *,
+    queries: bool = True,
+    documents: bool = True,
+    cache_dir: str | Path | None = None,
+) -> None:
+    """Set ``encoder``'s inference backend from a spec (``torch``, ``torch-int8``, ``onnx``, ``onnx-int8``,
+    ``auto``) for queries and/or documents. With ``auto``, each kind gets its adopted default, and a model
+    the ONNX backend cannot run (a dense model, a GPU device, a failed export) stays on torch, with a
+    warning for a failure. Other specs fail with ``ModelError`` where they cannot be honoured."""
+    auto = (spec or "").strip().lower() == "auto"
+    kinds = [k for k, on in (("queries", queries), ("documents", documents)) if on]
+    if not hasattr(encoder, "set_runtime"):  # e.g. DupMAE's dense encoder: torch only
+        if auto or Runtime.parse(spec, threads).is_reference:
+            return
+        raise ModelError(f"backend {spec!r} supports multi-vector models only, not {type(encoder).__name__}")
+    runners: dict[str, Runtime] = {k: Runtime.parse(spec, threads, kind=k) for k in kinds}
+    for kind, rt in runners.items():
+        try:
+            encoder.set_runtime(rt, queries=kind == "queries", documents=kind == "documents", cache_dir=cache_dir)
+        except ModelError as exc:
+            if not auto:
+                raise
+            log.info("%s stay on torch: %s", kind, exc)
+        except Exception as exc:  # noqa: BLE001 - export or session failures under auto: fall back
+            if not auto:
+                raise ModelError(f"backend {rt.name!r} failed: {exc}") from exc
+            log.warning("%s stay on torch: backend %s failed (%s)", kind, rt.name, exc)
+    log.info(
+        "encoder backends: queries %s, documents %s",
+        encoder.backend_name("queries"),
+        encoder.backend_name("documents"),
+    )
+
+
+def add_backend_argument(parser, default: str = "torch", flag: str = "--backend", what: str = "encoding") -> None:
+    """The ``--backend`` option of commands that encode."""
+    parser.add_argument(
+        flag,
+        default=default,
+        metavar="BACKEND",
+        help=f"inference backend for {what}: torch, torch-int8, onnx, onnx-int8 (ONNX Runtime, pip install "
+        f"'tessera[onnx]'), or auto ({AUTO['queries']} for queries and {AUTO['documents']} for documents where "
+        f"onnxruntime is installed, else torch); default {default}",
+    )
