@@ -1,4 +1,5 @@
-"""Command line of the index engine: ``tessera index build|info|search`` and ``tessera bench search``.
+"""Command line of the index engine: ``tessera index build|info|search``, ``tessera bench search``, and the
+batch indexing job ``tessera index --corpus ...`` (its options and code live in ``tessera.ingest``).
 
 ``bench`` is a command group: other parts of Tessera add their own ``bench`` subcommands through
 ``bench_subparsers(subparsers)``, which creates the group once and returns it afterwards.
@@ -29,10 +30,18 @@ def bench_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tessera.index.bench import ALL_METHODS
+    from tessera.ingest.cli import JOB_DESCRIPTION, add_job_arguments
 
-    index = subparsers.add_parser("index", help="build, inspect and query an on-disk index")
+    index = subparsers.add_parser(
+        "index",
+        help="index a corpus into a collection (--corpus ...), or build, inspect and query a bare index folder",
+        description=JOB_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_job_arguments(index)
+    index.set_defaults(func=run_index)
     isub = index.add_subparsers(dest="index_command", metavar="ACTION")
-    isub.required = True
     b = isub.add_parser("build", help="encode a corpus (BEIR corpus.jsonl or folder) and build an index")
     b.add_argument("--data", type=Path, required=True, help="corpus.jsonl or a BEIR folder holding one")
     b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
@@ -92,6 +101,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print one JSON object (keyed by method) as the last line"
     )
     p.set_defaults(func=run_search)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """``tessera index`` with no action: the batch job (needs --corpus)."""
+    from tessera.ingest.cli import run_job
+
+    if args.corpus is None:
+        raise DataError("give --corpus PATH (the batch indexing job) or an action: build, info, search")
+    return run_job(args)
 
 
 def run_search(args: argparse.Namespace) -> int:
