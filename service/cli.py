@@ -12,6 +12,8 @@ from tessera.errors import TesseraError
 
 
 def register(subparsers) -> None:
+    from tessera.training.runtime import add_backend_argument
+
     p = subparsers.add_parser(
         "serve",
         help="run the gRPC retrieval service",
@@ -60,6 +62,14 @@ def register(subparsers) -> None:
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     p.add_argument("--query-batch", type=int, default=32, help="most queries encoded in one micro-batch")
+    add_backend_argument(p, default="auto", flag="--query-backend", what="query encoding")
+    add_backend_argument(p, default="auto", flag="--doc-backend", what="document encoding (upserts, reranking)")
+    p.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the encoder backends (default: one per core)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for encoders and indexes (cpu, cuda)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.set_defaults(func=_serve)
@@ -118,6 +128,9 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         max_query_batch=args.query_batch,
         device=args.device,
+        query_backend=args.query_backend,
+        doc_backend=args.doc_backend,
+        encoder_threads=args.encoder_threads,
     )
     return serve(config)
 

@@ -123,6 +123,16 @@ class _Live:
         return self.record.settings.get("default_method") or "plaid"
 
 
+def _check_backends(query_backend: str, doc_backend: str, threads: int | None) -> None:
+    """Fail at start-up on an unknown backend, or an ONNX one without onnxruntime installed."""
+    from tessera.training.runtime import Runtime, onnx_available
+
+    for kind, spec in (("queries", query_backend), ("documents", doc_backend)):
+        rt = Runtime.parse(spec, threads, kind=kind)
+        if rt.backend == "onnx" and not onnx_available():
+            raise TesseraError(f"backend {spec!r} for {kind} needs onnxruntime: pip install 'tessera[onnx]'")
+
+
 def _model_spec(spec: str) -> str:
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
@@ -142,6 +152,9 @@ class Engine:
         max_query_batch: int = 32,
         query_batch_wait_ms: float = 0.0,
         reconcile: bool = True,
+        query_backend: str = "torch",
+        doc_backend: str = "torch",
+        encoder_threads: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +163,11 @@ class Engine:
         self.observer = observer or Observer()
         self.max_query_batch = max_query_batch
         self.query_batch_wait_s = query_batch_wait_ms / 1000
+        # inference backends of the encoders (see tessera.training.runtime; `tessera serve` uses auto)
+        self.query_backend = query_backend
+        self.doc_backend = doc_backend
+        self.encoder_threads = encoder_threads
+        _check_backends(query_backend, doc_backend, encoder_threads)
         self.started = time.monotonic()
         self.store = Store(db_url or default_url(self.data_dir))
         self._lock = threading.RLock()  # guards _live and _encoders
@@ -201,6 +219,7 @@ class Engine:
             slot = self._encoders.get(spec)
             if slot is None:
                 from tessera.training.checkpoints import load_encoder
+                from tessera.training.runtime import use_backend
 
                 try:
                     enc = load_encoder(spec, self.device)
@@ -216,6 +235,11 @@ class Engine:
                     )
                 q_enc = copy.copy(enc)
                 q_enc.tokenizer = copy.deepcopy(enc.tokenizer)
+                try:
+                    use_backend(enc, self.doc_backend, self.encoder_threads, queries=False)
+                    use_backend(q_enc, self.query_backend, self.encoder_threads, documents=False)
+                except ModelError as exc:
+                    raise InvalidArgument(f"model {spec!r}: {exc}", field="model") from None
 
                 def encode_queries(texts: list[str], _enc=q_enc) -> torch.Tensor:
                     return _enc.encode_queries(texts)

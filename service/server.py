@@ -48,6 +48,10 @@ class ServerConfig:
     max_query_batch: int = 32
     query_batch_wait_ms: float = 0.0
     device: str = "cpu"
+    # encoder inference backends (tessera.training.runtime): torch, torch-int8, onnx, onnx-int8, auto
+    query_backend: str = "torch"
+    doc_backend: str = "torch"
+    encoder_threads: int | None = None  # intra-op threads of the backends (None: their default)
 
 
 def _read(path) -> bytes:
@@ -97,6 +101,9 @@ class TesseraServer:
                 observer=self.metrics,
                 max_query_batch=c.max_query_batch,
                 query_batch_wait_ms=c.query_batch_wait_ms,
+                query_backend=c.query_backend,
+                doc_backend=c.doc_backend,
+                encoder_threads=c.encoder_threads,
             ),
         )
         self.metrics.attach(self.engine)
