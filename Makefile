@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[service,dev]"
+	$(BIN)/python -m pip install -q -e ".[service,dev,loadtest]"
 	touch $@
 
 install: $(VENV)/.installed

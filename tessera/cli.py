@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tessera.eval.cli",  # eval
     "tessera.index.cli",  # index, bench search
     "tessera.service.cli",  # serve, search
+    "tessera.loadtest.run",  # bench load
     "tessera.demo",  # demo
 ]
 
