@@ -163,33 +163,35 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))]
 
 
-def summarize(prefix: Path, reset_after_s: float = 0.0) -> dict:
-    """Exact figures from the per-call log (successes' latency, failures by status) and Locust's totals."""
-    rows = []
+def summarize(prefix: Path, warmup_s: float = 0.0) -> dict:
+    """Figures from the per-call log: failures by status over the whole run; rates and the latency of
+    successful calls over the calls started after ``warmup_s``."""
     with open(f"{prefix}_requests.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and reset_after_s:
+        every = list(csv.DictReader(fh))
+    failures = Counter(r["status"] for r in every if r["status"] != "OK")
+    rows = every
+    if rows and warmup_s:
         t0 = min(float(r["start_s"]) for r in rows)
-        rows = [r for r in rows if float(r["start_s"]) >= t0 + reset_after_s]
+        rows = [r for r in rows if float(r["start_s"]) >= t0 + warmup_s]
     ok = sorted(float(r["ms"]) for r in rows if r["status"] == "OK")
-    failures = Counter(r["status"] for r in rows if r["status"] != "OK")
     span = 0.0
     if rows:
         starts = [float(r["start_s"]) for r in rows]
         span = max(starts) - min(starts)
     by_name: dict[str, dict] = {}
-    for name in sorted({r["name"] for r in rows}):
+    for name in sorted({r["name"] for r in every}):
         lat = sorted(float(r["ms"]) for r in rows if r["name"] == name and r["status"] == "OK")
         by_name[name] = {
-            "calls": sum(1 for r in rows if r["name"] == name),
-            "failures": sum(1 for r in rows if r["name"] == name and r["status"] != "OK"),
+            "calls": sum(1 for r in every if r["name"] == name),
+            "failures": sum(1 for r in every if r["name"] == name and r["status"] != "OK"),
             "p50_ms": percentile(lat, 50),
             "p99_ms": percentile(lat, 99),
         }
     return {
-        "calls": len(rows),
+        "calls": len(every),
         "failures": sum(failures.values()),
         "failures_by_status": dict(failures),
+        "measured_calls": len(rows),
         "achieved_qps": round(len(rows) / span, 2) if span > 0 else None,
         "ok_qps": round(len(ok) / span, 2) if span > 0 else None,
         "p50_ms": percentile(ok, 50),
@@ -267,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
                 "users": args.users,
                 "locust_exit": rc,
                 "started_s": round(t0, 1),
-                **summarize(prefix, reset_after_s=5.0 if args.steps else 0.0),
+                **summarize(prefix, warmup_s=5.0 if args.steps else 0.0),
             }
             runs.append(result)
             print(

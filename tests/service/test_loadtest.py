@@ -43,7 +43,8 @@ def test_summary_counts_failures_and_success_latency(tmp_path):
     assert s["failures_by_status"] == {"RESOURCE_EXHAUSTED": 1, "DEADLINE_EXCEEDED": 1}
     assert (s["p50_ms"], s["p99_ms"], s["max_ms"]) == (50.0, 99.0, 100.0)  # failures not in latency
     assert s["by_name"]["Upsert"] == {"calls": 1, "failures": 1, "p50_ms": None, "p99_ms": None}
-    assert load.summarize(tmp_path / "x", reset_after_s=5.0)["calls"] == 52  # the first 5 s dropped
+    late = load.summarize(tmp_path / "x", warmup_s=5.0)  # latency and rates from the calls after 5 s
+    assert (late["measured_calls"], late["failures"], late["p50_ms"]) == (52, 2, 75.0)
 
 
 @needs_locust
