@@ -137,20 +137,70 @@ def _ir_metrics(hits, data: BenchData) -> dict:
     return {"ndcg@10": res[nDCG @ 10], "map@100": res[AP @ 100], "judged_recall@100": res[R @ 100]}
 
 
-def _timed(index, queries, k, method, params, limit: int | None = None):
-    """(hits, per-query latencies in ms, summed work counters), one query at a time."""
-    hits, lat, work = [], [], {}
-    n = queries.shape[0] if limit is None else min(limit, queries.shape[0])
-    index.search(queries[:1], k=k, method=method, params=params)  # warm caches
-    for q in range(n):
-        t0 = time.perf_counter()
-        h, st = index.search_with_stats(queries[q : q + 1], k=k, method=method, params=params)
-        lat.append((time.perf_counter() - t0) * 1000)
-        hits.extend(h)
-        for key, v in st.items():
-            if isinstance(v, int):
-                work[key] = work.get(key, 0) + v
-    return hits, lat, {key: v / max(1, n) for key, v in work.items()}
+class _Engine:
+    """One column of the benchmark: a Tessera method or a peer, run on blocks of queries."""
+
+    def __init__(self, name: str, run, limit: int | None = None) -> None:
+        self.name = name
+        self._run = run  # (query numbers, k) -> (hits, per-query ms, [work counters per query])
+        self.limit = limit
+        self.hits: dict[int, dict[int, list]] = {10: {}, 100: {}}
+        self.lat: dict[int, list[float]] = {10: [], 100: []}
+        self.work: dict[str, int] = {}
+
+    def run(self, queries: list[int], k: int) -> None:
+        queries = [q for q in queries if self.limit is None or q < self.limit]
+        if not queries:
+            return
+        hits, lat, work = self._run(queries, k)
+        self.hits[k].update(zip(queries, hits, strict=True))
+        self.lat[k].extend(lat)
+        if k == 10:
+            for st in work:
+                for key, v in st.items():
+                    if isinstance(v, int):
+                        self.work[key] = self.work.get(key, 0) + v
+
+
+def _ours(index, queries: torch.Tensor, method: str, params10: dict, params100: dict):
+    def run(qs: list[int], k: int):
+        hits, lat, work = [], [], []
+        params = params10 if k <= 10 else params100
+        for q in qs:
+            t0 = time.perf_counter()
+            h, st = index.search_with_stats(queries[q : q + 1], k=k, method=method, params=params)
+            lat.append((time.perf_counter() - t0) * 1000)
+            hits.extend(h)
+            work.append(st)
+        return hits, lat, work
+
+    return run
+
+
+def _peer(peer, doc_ids: list[str]):
+    from tessera.index import Hit
+
+    def run(qs: list[int], k: int):
+        ids, scores, ms = peer.search(qs, k)
+        hits = [
+            [Hit(doc_ids[d], s) for d, s in zip(row, srow, strict=True)] for row, srow in zip(ids, scores, strict=True)
+        ]
+        return hits, ms, []
+
+    return run
+
+
+def _measure(engines: list[_Engine], n_queries: int, block: int) -> None:
+    """Interleave the engines: every block of queries runs on each engine in turn (the order rotating
+    from block to block), at k=10 and then at k=100, so that load from other processes on the
+    machine falls on all of them alike. One warm-up query each first."""
+    for k in (10, 100):
+        for e in engines:
+            e._run([0], k)
+        for r, start in enumerate(range(0, n_queries, block)):
+            qs = list(range(start, min(n_queries, start + block)))
+            for e in engines[r % len(engines) :] + engines[: r % len(engines)]:
+                e.run(qs, k)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -169,22 +219,31 @@ def run_benchmark(
     cache: Path | None = None,
     exact_queries: int = 50,
     settings: dict | None = None,
+    peers: list[str] | None = None,
+    peers_dir: Path | None = None,
+    block: int = 10,
 ) -> dict:
-    """Build an index over ``data`` and measure each method; returns {method: metrics}."""
+    """Build an index over ``data`` and measure each method (and each peer, side by side in the same
+    run, interleaved by blocks of ``block`` queries); returns {method or peer: metrics}."""
     import faiss
 
     from tessera.index import Hit, MultiVectorIndex
+    from tessera.index import peers as peer_mod
 
     unknown = [m for m in methods if m not in _METHOD_CALLS]
     if unknown:
         raise DataError(f"unknown benchmark method(s) {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
+    peers = list(peers or [])
+    peers_dir = peers_dir or Path("benchmarks/peers")
+    for name in peers:
+        peer_mod.peer_python(peers_dir, name)  # fail early when a peer is not set up
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     truth = ground_truth(data, cache)
-    tmp = None
+    tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
     if index_dir is None:
-        tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
         index_dir = tmp / "index"
+    started: list = []
     try:
         t0 = time.perf_counter()
         index = MultiVectorIndex.create(
@@ -207,22 +266,32 @@ def run_benchmark(
             "queries": len(data.query_ids),
             "query_encode_ms": round(data.encode_seconds * 1000, 2) if data.encode_seconds else None,
         }
-        results = {}
+        engines = []
         for name in methods:
             method, params = _METHOD_CALLS[name]
             if name == "plaid-compressed" and not keep_vectors:
                 continue
-            limit = exact_queries if method == "exact" else None
-            hits10, lat10, work = _timed(index, data.queries, 10, method, params, limit)
             params100 = {} if name == "plaid-wide" else params  # at k=100 PLAID's defaults are wide already
-            hits100, lat100, _ = _timed(index, data.queries, 100, method, params100, limit)
-            n = len(hits10)
+            limit = exact_queries if method == "exact" else None
+            engines.append(_Engine(name, _ours(index, data.queries, method, params, params100), limit))
+        peer_info = {}
+        if peers:
+            dump = peer_mod.dump_embeddings(data.docs, data.queries, cache or tmp)
+            for name in peers:  # one at a time: building a peer's index is CPU heavy
+                peer_index = (cache or tmp) / "bench" / f"peer-index-{name}-{dump.name.removeprefix('peers-')}"
+                peer = peer_mod.Peer(name, peers_dir, dump, peer_index, threads)
+                started.append(peer)
+                peer_info[name] = peer.info
+                engines.append(_Engine(name, _peer(peer, data.doc_ids)))
+        _measure(engines, len(data.query_ids), block)
+        results = {}
+        for e in engines:
+            n = len(e.lat[10])
+            hits10 = [e.hits[10][q] for q in range(n)]
+            hits100 = [e.hits[100][q] for q in range(n)]
             recall10, recall100 = _recall(hits10, truth[:n], 10), _recall(hits100, truth[:n], 100)
-            sub = BenchData(
-                data.name, data.doc_ids, data.docs, data.query_ids[:n], data.queries[:n], data.qrels
-            )
-            uses_full = keep_vectors and name in ("exact", "plaid", "plaid-wide", "prf", "prf-retrieve")
-            if name == "exact" and keep_vectors:
+            sub = BenchData(data.name, data.doc_ids, data.docs, data.query_ids[:n], data.queries[:n], data.qrels)
+            if e.name == "exact" and keep_vectors:
                 # exact on the stored originals IS the ground truth (recall 1.0 on the timed queries):
                 # its nDCG/MAP are computed from the ground truth for every query
                 hits10 = [[Hit(d, -r) for r, d in enumerate(row[:10])] for row in truth]
@@ -233,23 +302,43 @@ def run_benchmark(
                 "recall@100": round(recall100, 4),
                 **{k: round(v, 4) for k, v in _ir_metrics(hits10, sub).items() if k == "ndcg@10"},
                 **{k: round(v, 4) for k, v in _ir_metrics(hits100, sub).items() if k != "ndcg@10"},
-                "p50_ms": round(statistics.median(lat10), 3),
-                "p95_ms": round(_pct(lat10, 0.95), 3),
-                "qps": round(1000 * len(lat10) / sum(lat10), 2),
-                "p50_ms_k100": round(statistics.median(lat100), 3),
-                "bytes_per_vector": compressed + (2 * data.docs.dim if uses_full else 0),
-                "dot_products": round(work.get("dot_products", 0)),
-                "candidates": round(work.get("candidates", work.get("scored_docs", 0))),
-                "measured_queries": len(lat10),
-                **meta,
+                "p50_ms": round(statistics.median(e.lat[10]), 3),
+                "p95_ms": round(_pct(e.lat[10], 0.95), 3),
+                "qps": round(1000 * n / sum(e.lat[10]), 2),
+                "p50_ms_k100": round(statistics.median(e.lat[100]), 3),
+                "measured_queries": n,
             }
-            results[name] = entry
-            log.info("%s: %s", name, entry)
+            if e.name in peer_info:
+                info = peer_info[e.name]
+                entry.update(
+                    {
+                        "bytes_per_vector": info.get("bytes_per_vector"),
+                        "build_s": info.get("build_s"),
+                        "index_bytes_per_vector_disk": info.get("index_bytes_per_vector_disk"),
+                        "peer": {k: v for k, v in info.items() if k not in ("ready", "bytes_per_vector")},
+                        "threads": threads,
+                    }
+                )
+            else:
+                uses_full = keep_vectors and e.name in ("exact", "plaid", "plaid-wide", "prf", "prf-retrieve")
+                per_q = {key: v / max(1, n) for key, v in e.work.items()}
+                entry.update(
+                    {
+                        "bytes_per_vector": compressed + (2 * data.docs.dim if uses_full else 0),
+                        "dot_products": round(per_q.get("dot_products", 0)),
+                        "candidates": round(per_q.get("candidates", per_q.get("scored_docs", 0))),
+                        **{k: round(v) for k, v in per_q.items() if k.endswith("dot_products") and k != "dot_products"},
+                        **meta,
+                    }
+                )
+            results[e.name] = entry
+            log.info("%s: %s", e.name, entry)
         index.close()
         return results
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for peer in started:
+            peer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def format_table(results: dict) -> str:

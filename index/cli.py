@@ -98,7 +98,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache", type=Path, help="encodings cache (default: $TESSERA_CACHE_DIR or ~/.cache/tessera)"
     )
     p.add_argument(
-        "--json", action="store_true", help="print one JSON object (keyed by method) as the last line"
+        "--peers",
+        default="",
+        help="comma-separated peer engines run side by side on the same vectors: colbert-ai, pylate-fastplaid "
+        "(each in its own venv, made by benchmarks/peers/setup.sh)",
+    )
+    p.add_argument(
+        "--peers-dir", type=Path, default=Path("benchmarks/peers"), help="the peers' folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--block", type=int, default=10, help="queries per engine turn when interleaving (default: %(default)s)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (keyed by method and peer) as the last line"
     )
     p.set_defaults(func=run_search)
 
@@ -138,6 +150,9 @@ def run_search(args: argparse.Namespace) -> int:
         cache=cache,
         exact_queries=args.exact_queries,
         settings=settings,
+        peers=[x.strip() for x in args.peers.split(",") if x.strip()],
+        peers_dir=args.peers_dir,
+        block=max(1, args.block),
     )
     print(bench.format_table(results))
     if args.json:
