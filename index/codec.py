@@ -137,9 +137,7 @@ class ResidualCodec:
         centroids = torch.from_numpy(km.centroids.copy())
         # Residual statistics on (up to) 64k vectors.
         held = vectors[perm[-min(n, 65536) :]].float()
-        coarse = cls(
-            centroids, torch.zeros(dim, (1 << nbits) - 1), torch.zeros(dim, 1 << nbits), nbits, normalize, 0.0
-        )
+        coarse = cls(centroids, torch.zeros(dim, (1 << nbits) - 1), torch.zeros(dim, 1 << nbits), nbits, normalize, 0.0)
         res = (held - centroids[coarse.assign(held, should_stop)]).numpy()
         levels = 1 << nbits
         cut_q = np.arange(1, levels) / levels
@@ -171,9 +169,7 @@ class ResidualCodec:
         n = vectors.shape[0]
         out = torch.empty(n, dtype=torch.int32)
         use_graph = (
-            self.device.type == "cpu"
-            and n * self.ncentroids >= _HNSW_WORK
-            and self.ncentroids >= _HNSW_MIN_CENTROIDS
+            self.device.type == "cpu" and n * self.ncentroids >= _HNSW_WORK and self.ncentroids >= _HNSW_MIN_CENTROIDS
         )
         bar = tqdm(total=n, desc="assigning centroids", unit="vec", disable=n < 1 << 20, dynamic_ncols=True)
         for i in range(0, n, _CHUNK):
@@ -183,9 +179,7 @@ class ResidualCodec:
                 _, idx = self._graph().search(np.ascontiguousarray(v.numpy()), 1)
                 out[i : i + _CHUNK] = torch.from_numpy(idx[:, 0].astype(np.int32))
             else:
-                out[i : i + _CHUNK] = (
-                    (v @ self.centroids.T - self._half_sq_norms).argmax(1).to(torch.int32).cpu()
-                )
+                out[i : i + _CHUNK] = (v @ self.centroids.T - self._half_sq_norms).argmax(1).to(torch.int32).cpu()
             bar.update(v.shape[0])
         bar.close()
         return out
