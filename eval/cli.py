@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tessera.eval.harness import EvalError, evaluate
 from tessera.training.runtime import add_backend_argument
@@ -78,6 +79,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print the result as one JSON object (the last stdout line)"
     )
     p.set_defaults(func=run)
+    _register_bench_encode(subparsers)
+
+
+def _register_bench_encode(subparsers: argparse._SubParsersAction) -> None:
+    from tessera.index.cli import bench_subparsers
+
+    b = bench_subparsers(subparsers).add_parser(
+        "encode",
+        help="encoding speed of the encoder's backends (torch, int8, ONNX Runtime), interleaved A/B",
+        description="Single-query latency and document throughput of each backend at each thread count, "
+        "measured in interleaved rounds in one process, with the agreement of each backend's vectors with "
+        "torch fp32; optionally PyLate (its own venv) on the same inputs. nDCG@10 of a backend: "
+        "`tessera eval --backend ...`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument("--data", type=Path, required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
+    b.add_argument("--split", default="test", help="qrels split whose queries are timed")
+    b.add_argument(
+        "--backends", default="torch,torch-int8,onnx,onnx-int8", help="comma-separated backends to compare"
+    )
+    b.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
+    b.add_argument("--queries", type=int, default=100, help="queries timed one at a time per round")
+    b.add_argument("--docs", type=int, default=500, help="documents (evenly spaced over the corpus) per round")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    b.add_argument("--batch-size", type=int, default=32, help="document batch size")
+    b.add_argument("--no-queries", action="store_true", help="skip the query latency")
+    b.add_argument("--no-docs", action="store_true", help="skip the document throughput")
+    b.add_argument(
+        "--pylate",
+        metavar="PYTHON",
+        help="PyLate's interpreter (benchmarks/peers/pylate/venv/bin/python): PyLate encodes the same "
+        "inputs with the same backbone in the same rounds",
+    )
+    b.add_argument(
+        "--onnx-cache", type=Path, default=None, help="exported ONNX models (default: ~/.cache/tessera/onnx)"
+    )
+    b.add_argument("--json", action="store_true", help="print the report as one JSON object (the last line)")
+    b.set_defaults(func=run_bench_encode)
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EvalError(f"{name} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise EvalError(f"{name} must be positive integers, got {text!r}")
+    return values
+
+
+def run_bench_encode(args: argparse.Namespace) -> int:
+    from tessera.eval.encode_bench import format_table, run_encode_benchmark
+    from tessera.training.runtime import Runtime
+
+    if not args.data.is_dir():
+        raise EvalError(f"data folder {args.data} does not exist")
+    backends = [Runtime.parse(b.strip()).name for b in args.backends.split(",") if b.strip()]
+    report = run_encode_benchmark(
+        args.data,
+        args.model,
+        options=list(dict.fromkeys(backends)),
+        threads=_int_list(args.threads, "--threads"),
+        n_queries=args.queries,
+        n_docs=args.docs,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        split=args.split,
+        pylate=args.pylate,
+        queries=not args.no_queries,
+        documents=not args.no_docs,
+        cache_dir=args.onnx_cache,
+    )
+    print(format_table(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
 
 
 def _params(text: str | None) -> dict:

@@ -122,6 +122,13 @@ def test_onnx_int8_keeps_rankings(tiny_encoder, onnx_cache):
     n = s0.shape[1]
     spearman = 1 - 6 * ((r0 - r1) ** 2).sum(1) / (n * (n * n - 1))
     assert spearman.min() > 0.9
+    # the recipe: backbone MatMul/Attention in int8; embeddings and the final projection stay fp32
+    import onnx
+
+    graph = onnx.load(str(tiny_encoder.query_runner.path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"MatMulInteger", "QAttention"} <= ops and "QEmbedLayerNormalization" not in ops
+    assert [n.name for n in graph.node if n.op_type == "MatMul"] == ["/linear/MatMul"]
 
 
 def test_onnx_export_is_cached_per_checkpoint(tiny_encoder, onnx_cache):
