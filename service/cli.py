@@ -94,6 +94,56 @@ def register(subparsers) -> None:
     s.add_argument("--timeout", type=float, default=30.0)
     s.add_argument("--json", action="store_true", help="print JSON lines")
     s.set_defaults(func=_search)
+    _register_bench(subparsers)
+
+
+def _register_bench(subparsers) -> None:
+    from pathlib import Path
+
+    from tessera.index.cli import bench_subparsers
+    from tessera.training.runtime import add_backend_argument
+
+    b = bench_subparsers(subparsers).add_parser(
+        "service",
+        help="latency through `tessera serve`: one client, one query at a time (end to end and its parts)",
+        description="Index a BEIR corpus once (cached), start `tessera serve` on it, search the split's "
+        "queries one at a time from one client and report p50/p95 end to end, the server's own time, and "
+        "the query-encoding part.",
+    )
+    b.add_argument("--data", type=Path, required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
+    b.add_argument("--split", default="test", help="qrels split whose queries are searched")
+    b.add_argument("--queries", type=int, default=300, help="queries searched (timed)")
+    b.add_argument("--k", type=int, default=10)
+    b.add_argument("--method", default="plaid")
+    add_backend_argument(b, default="auto", flag="--query-backend", what="the server's query encoding")
+    add_backend_argument(b, default="auto", flag="--doc-backend", what="indexing the corpus")
+    b.add_argument("--encoder-threads", type=int, default=None, help="intra-op threads of the encoder backends")
+    b.add_argument("--work-dir", type=Path, default=None,
+                   help="where indexed data dirs are kept (default: ~/.cache/tessera/bench-service)")
+    b.add_argument("--json", action="store_true", help="print the report as one JSON object (the last line)")
+    b.set_defaults(func=_bench_service)
+
+
+def _bench_service(args: argparse.Namespace) -> int:
+    from tessera.service.bench import format_report, run_service_benchmark
+
+    report = run_service_benchmark(
+        args.data,
+        args.model,
+        query_backend=args.query_backend,
+        doc_backend=args.doc_backend,
+        threads=args.encoder_threads,
+        n_queries=args.queries,
+        k=args.k,
+        method=args.method,
+        split=args.split,
+        work_dir=args.work_dir,
+    )
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
 
 
 def _env_keys(name: str) -> list[str]:
