@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 from tessera.errors import DataError, TesseraError
@@ -20,7 +21,7 @@ from tessera.ingest.readers import Bad, Corpus, Position, Record
 log = logging.getLogger(__name__)
 
 _READ_SCHEMA = (
-    ("ok", "bool"),
+    ("ok", "bool_"),
     ("id", "string"),
     ("text", "string"),
     ("metadata", "string"),
@@ -86,10 +87,12 @@ def plan_shards(corpus: Corpus, start: Position, shard_bytes: int) -> list[dict]
     return shards
 
 
-def _read_shards(batch: dict, corpus: Corpus):
-    """Ray Data map: shard descriptions -> one row per record (bad lines included, flagged)."""
+def _read_shards(batch: dict, corpus: Corpus, rows_per_block: int) -> Iterator:
+    """Ray Data map: shard descriptions -> blocks of ``rows_per_block`` rows, one per record (bad lines
+    included, flagged), so that the encoder actors share even a single shard."""
     import pyarrow as pa
 
+    schema = pa.schema([(n, getattr(pa, t)()) for n, t in _READ_SCHEMA])
     cols: dict[str, list] = {name: [] for name, _ in _READ_SCHEMA}
     for offset, line, stop in zip(batch["offset"], batch["line"], batch["stop"], strict=True):
         for item in corpus.records(Position(int(offset), int(line)), None if stop < 0 else int(stop)):
@@ -102,8 +105,11 @@ def _read_shards(batch: dict, corpus: Corpus):
             cols["end_offset"].append(item.end.offset)
             cols["end_line"].append(item.end.line)
             cols["message"].append("" if ok else item.message)
-    schema = pa.schema([(n, getattr(pa, t)()) for n, t in _READ_SCHEMA])
-    return pa.table(cols, schema=schema)
+            if len(cols["ok"]) >= rows_per_block:
+                yield pa.table(cols, schema=schema)
+                cols = {name: [] for name, _ in _READ_SCHEMA}
+    if cols["ok"]:
+        yield pa.table(cols, schema=schema)
 
 
 class _EncodeActor:
@@ -163,8 +169,9 @@ def ray_records(
         kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         try:
             ray.init(address=None if address in (None, "", "local") else address, **kwargs)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise TesseraError(f"cannot start or reach Ray at {address or 'a new local instance'}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception for a start-up timeout
+            where = "a new local Ray" if address in (None, "", "local") else f"Ray at {address}"
+            raise TesseraError(f"cannot start or reach {where}: {exc}") from None
         started = True
     try:
         yield from _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_bytes, device)
@@ -194,11 +201,18 @@ def _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_byte
         {k: v for k, v in resources.items() if k in ("CPU", "GPU")},
     )
     ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-    ds = ds.map_batches(_read_shards, fn_kwargs={"corpus": corpus}, batch_size=1, batch_format="numpy", num_cpus=0)
+    block = max(64, 8 * encode_batch)
+    ds = ds.map_batches(
+        _read_shards,
+        fn_kwargs={"corpus": corpus, "rows_per_block": block},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0,
+    )
     ds = ds.map_batches(
         _EncodeActor,
         fn_constructor_args=(model, device, threads, encode_batch),
-        batch_size=max(64, 8 * encode_batch),
+        batch_size=block,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
         num_cpus=actor_cpus,
@@ -229,7 +243,13 @@ def _records(table) -> Iterator[Record | Bad]:
         )
 
 
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception)): (.*)$")
+
+
 def _root_cause(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc.__cause__
-    text = str(cause or exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """The user-code error inside a Ray error's text (e.g. ``ModelError: unknown model ...``)."""
+    for line in str(exc).splitlines():
+        m = _ERROR_LINE.match(line.strip())
+        if m and not m.group(1).startswith("ray."):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(3)}"
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

@@ -214,6 +214,8 @@ class RemoteSink:
             return info
         except Unavailable as exc:
             raise TesseraError(f"cannot reach the server at {self.target}: {exc.message}") from None
+        except ServiceError as exc:
+            raise TesseraError(f"{self.target}: {exc.code}: {exc}") from None
         _check_model(info, settings)
         return info
 
