@@ -132,6 +132,8 @@ class Job:
     def _loop(self, state: JobState, progress: Progress) -> dict:
         opts = self.opts
         counters = progress.counters
+        if counters.runs == 0 and self.sink.kind == "server":
+            counters.vectors = None  # the server encodes
         counters.runs += 1
         resumed = progress.position.offset > 0
         start = progress.position

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tessera.client.errors import DeadlineExceeded, NotFound, ResourceExhausted, ServiceError, Unavailable
@@ -266,12 +267,7 @@ class RemoteSink:
 
 def packed_from_rows(rows: Sequence[tuple[bytes, bytes]], dim: int) -> PackedDocuments:
     """PackedDocuments from per-document (fp16 vector bytes, int32 token-id bytes) pairs."""
-    vecs = [torch.frombuffer(bytearray(v), dtype=torch.float16).view(-1, dim) for v, _ in rows]
-    toks = [torch.frombuffer(bytearray(t), dtype=torch.int32) for _, t in rows]
-    if not rows:
-        return PackedDocuments(
-            torch.empty(0, dim, dtype=torch.float16),
-            torch.empty(0, dtype=torch.int32),
-            torch.empty(0, dtype=torch.long),
-        )
-    return PackedDocuments(torch.cat(vecs), torch.cat(toks), torch.tensor([v.shape[0] for v in vecs]))
+    vectors = np.frombuffer(b"".join(v for v, _ in rows), dtype=np.float16).reshape(-1, dim)
+    tokens = np.frombuffer(b"".join(t for _, t in rows), dtype=np.int32)
+    lengths = torch.tensor([len(v) // (2 * dim) for v, _ in rows], dtype=torch.long)
+    return PackedDocuments(torch.from_numpy(vectors.copy()), torch.from_numpy(tokens.copy()), lengths)

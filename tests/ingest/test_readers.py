@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 from conftest import write_beir
 
 from tessera.errors import DataError
@@ -209,3 +210,29 @@ def test_open_errors(tmp_path, docs, monkeypatch):
     pytest.importorskip("pyarrow.parquet")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         open_corpus(tmp_path / "x.parquet")
+
+
+def test_ray_rows_carry_the_models_vectors(tmp_path, docs, tiny_model_dir):
+    """The Ray stages' code, run here without Ray: shard reader -> encoder actor -> records -> vectors."""
+    pytest.importorskip("pyarrow")
+    import numpy as np
+
+    from tessera.ingest.distributed import _EncodeActor, _read_shards, _records
+    from tessera.ingest.sinks import packed_from_rows
+    from tessera.training.checkpoints import load_encoder
+
+    path = write_beir(tmp_path / "corpus.jsonl", docs[:30])
+    path.write_text(path.read_text() + "{bad\n" + json.dumps({"_id": "p", "title": "", "text": "!!"}) + "\n")
+    corpus = open_corpus(path)
+    shards = plan_shards(corpus, Position(), 1000)
+    batch = {k: np.array([s[k] for s in shards]) for k in ("offset", "line", "stop")}
+    actor = _EncodeActor(str(tiny_model_dir), "cpu", 1, 8)
+    items = [item for table in _read_shards(batch, corpus, rows_per_block=7) for item in _records(actor(table))]
+    assert [getattr(i, "id", None) for i in items] == [d["id"] for d in docs[:30]] + [None, "p"]
+    assert isinstance(items[30], Bad) and items[30].line == 31
+    records = [i for i in items if isinstance(i, Record)]
+    packed = packed_from_rows([r.vectors for r in records], 16)
+    ref = load_encoder(str(tiny_model_dir)).encode_documents([r.text for r in records], progress=False)
+    assert packed.lengths.tolist() == ref.lengths.tolist()
+    assert torch.allclose(packed.vectors.float(), ref.vectors.float(), atol=2e-3)
+    assert torch.equal(packed.token_ids, ref.token_ids)
