@@ -27,3 +27,10 @@ def test_minilm_scifact():
     torch.set_num_threads(1)
     result = evaluate(scifact_dir(), "minilm")
     assert abs(result["ndcg@10"] - 0.645) <= 0.01
+
+
+def test_default_model_scifact():
+    """The shipped `default` model with exact MaxSim: nDCG@10 >= 0.68, above both baselines."""
+    result = evaluate(scifact_dir(), "default")
+    assert result["queries"] == 300 and result["docs"] == 5183
+    assert result["ndcg@10"] >= 0.68
