@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_job_arguments(index)
     index.set_defaults(func=run_index)
-    isub = index.add_subparsers(dest="index_command", metavar="ACTION")
+    isub = index.add_subparsers(
+        dest="index_command", metavar="ACTION", title="actions on a bare index folder (instead of --corpus)"
+    )
     b = isub.add_parser("build", help="encode a corpus (BEIR corpus.jsonl or folder) and build an index")
     b.add_argument("--data", type=Path, required=True, help="corpus.jsonl or a BEIR folder holding one")
     b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")

@@ -85,8 +85,9 @@ class LocalSink:
 
         self.target = str(Path(data_dir).expanduser().resolve())
         self.collection = collection
-        # one write holds a whole buffer: lift the per-request batch limit of the service
-        self.engine = Engine(data_dir, db_url, limits=Limits(max_batch_documents=1 << 30), device=device)
+        # one write holds a whole buffer: lift the service's per-request limits on batch and id counts
+        limits = Limits(max_batch_documents=1 << 30, max_ids=1 << 30)
+        self.engine = Engine(data_dir, db_url, limits=limits, device=device)
         self.device = device
         self.encode_batch = encode_batch
         self._encoder: DocumentEncoder | None = None

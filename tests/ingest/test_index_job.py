@@ -301,3 +301,31 @@ def test_existing_subcommands_still_work(tmp_path, docs, tiny_model_dir, capsys)
     capsys.readouterr()
     assert main(["index", "info", str(tmp_path / "idx")]) == 0
     assert json.loads(capsys.readouterr().out)["documents"] == 20
+
+
+def test_engine_upsert_with_given_vectors(tmp_path, docs, tiny_model_dir):
+    """The engine API the job writes through: vectors in, only new and changed texts indexed from them."""
+    from tessera.client.errors import InvalidArgument
+    from tessera.service.engine import Engine
+
+    enc = load_encoder(str(tiny_model_dir))
+    batch = [(d["id"], d["text"], d["metadata"]) for d in docs[:6]]
+    packed = enc.encode_documents([d[1] for d in batch], progress=False)
+    with Engine(tmp_path / "e") as e:
+        e.create_collection("c", str(tiny_model_dir), index_settings={"keep_vectors": True})
+        r = e.upsert("c", batch, vectors=packed)
+        assert (r.inserted, r.updated, r.unchanged) == (6, 0, 0)
+        assert e.describe_collection("c").vectors == int(packed.lengths.sum())
+        changed = [batch[0], (batch[1][0], "a new text", {})]
+        r = e.upsert("c", changed, vectors=enc.encode_documents([t for _, t, _ in changed], progress=False))
+        assert (r.inserted, r.updated, r.unchanged) == (0, 1, 1)
+        hit = e.rerank("c", "a new text", ids=[batch[1][0]])[0]
+        ref = enc.encode_documents(["a new text"], progress=False)
+        q = enc.encode_queries(["a new text"])[0]
+        assert hit.score == pytest.approx((q @ ref.vectors.float().T).max(dim=1).values.sum().item(), abs=1e-2)
+        with pytest.raises(InvalidArgument, match="holds 6 documents for 2 documents"):
+            e.upsert("c", batch[:2], vectors=packed)
+        wrong = type(packed)(packed.vectors[:, :8], packed.token_ids, packed.lengths)
+        with pytest.raises(InvalidArgument, match="dimension 8 but the collection has 16"):
+            e.upsert("c", batch, vectors=wrong)
+        e.check_consistency("c")
