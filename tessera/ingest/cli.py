@@ -140,6 +140,10 @@ def run_job(args: argparse.Namespace) -> int:
     from tessera.ingest.sinks import CollectionSettings, LocalSink, RemoteSink
 
     _check(args)
+    if args.ray:
+        from tessera.ingest.distributed import import_ray
+
+        import_ray()  # before anything is created
     corpus = open_corpus(
         args.corpus,
         args.format,
@@ -188,9 +192,8 @@ def run_job(args: argparse.Namespace) -> int:
         if args.ray:
             from functools import partial
 
-            from tessera.ingest.distributed import import_ray, ray_records
+            from tessera.ingest.distributed import ray_records
 
-            import_ray()
             items = partial(
                 ray_records,
                 corpus,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from conftest import write_beir
@@ -329,3 +330,23 @@ def test_engine_upsert_with_given_vectors(tmp_path, docs, tiny_model_dir):
         with pytest.raises(InvalidArgument, match="dimension 8 but the collection has 16"):
             e.upsert("c", batch, vectors=wrong)
         e.check_consistency("c")
+
+
+def test_ray_missing_is_a_clean_error(tmp_path, docs, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    corpus = write_beir(tmp_path / "corpus.jsonl", docs[:3])
+    code, _, err = _run(
+        capsys,
+        "--corpus",
+        str(corpus),
+        "-c",
+        "c",
+        "--model",
+        str(tiny_model_dir),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--ray",
+        *FAST,
+    )
+    assert code == 2 and "--ray needs Ray Data: pip install 'tessera[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # checked before anything is created
