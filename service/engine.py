@@ -56,6 +56,7 @@ from tessera.packed import PackedDocuments
 from tessera.scoring import maxsim_scores
 from tessera.service import validation as check
 from tessera.service.batcher import QueryBatcher
+from tessera.service.dirlock import DataDirLock
 from tessera.service.limits import Limits
 from tessera.service.store import CollectionRecord, DuplicateCollection, SegmentRecord, Store, default_url
 
@@ -169,7 +170,12 @@ class Engine:
         self.encoder_threads = encoder_threads
         _check_backends(query_backend, doc_backend, encoder_threads)
         self.started = time.monotonic()
-        self.store = Store(db_url or default_url(self.data_dir))
+        self._dir_lock = DataDirLock(self.data_dir)  # DataDirInUse when another process has it open
+        try:
+            self.store = Store(db_url or default_url(self.data_dir))
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._lock = threading.RLock()  # guards _live and _encoders
         self._live: dict[str, _Live] = {}
         self._encoders: dict[str, _EncoderSlot] = {}
@@ -281,6 +287,7 @@ class Engine:
                 slot.batcher.close()
             self._encoders.clear()
             self.store.close()
+            self._dir_lock.release()
 
     def __enter__(self) -> Engine:
         return self
