@@ -13,6 +13,9 @@ Stanford ColBERT and PyLate folders are recognised and loaded by ``tessera.train
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,6 +42,25 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading chatter (weight progress bars, load reports of the unused pooler,
+    deprecation warnings raised inside transformers/peft) for the duration of a load."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_backbone(name: str, masked_lm: bool = False):
     """(backbone model, tokenizer) from a folder or hub id, without any pooling head (with its masked-LM
     head when ``masked_lm``; a head missing from the checkpoint is initialised at random)."""
@@ -46,14 +68,15 @@ def load_backbone(name: str, masked_lm: bool = False):
 
     path = resolve_backbone(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if masked_lm:
-            model = AutoModelForMaskedLM.from_pretrained(path)
-        else:
-            try:
-                model = AutoModel.from_pretrained(path, add_pooling_layer=False)
-            except TypeError:
-                model = AutoModel.from_pretrained(path)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if masked_lm:
+                model = AutoModelForMaskedLM.from_pretrained(path)
+            else:
+                try:
+                    model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+                except TypeError:
+                    model = AutoModel.from_pretrained(path)
     except OSError as exc:
         raise ModelError(f"cannot load backbone {name!r}: {exc}") from None
     return model, tokenizer
@@ -146,11 +169,12 @@ def merge_lora(backbone, adapter_config: dict, tensors: dict[str, torch.Tensor])
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     cfg = LoraConfig(**adapter_config)
-    peft_model = get_peft_model(backbone, cfg)
-    result = set_peft_model_state_dict(peft_model, {k: v.float() for k, v in tensors.items()})
-    if getattr(result, "unexpected_keys", None):
-        raise ModelError(f"adapter tensors do not fit the backbone: {result.unexpected_keys[:3]}")
-    return peft_model.merge_and_unload()
+    with quiet_transformers():
+        peft_model = get_peft_model(backbone, cfg)
+        result = set_peft_model_state_dict(peft_model, {k: v.float() for k, v in tensors.items()})
+        if getattr(result, "unexpected_keys", None):
+            raise ModelError(f"adapter tensors do not fit the backbone: {result.unexpected_keys[:3]}")
+        return peft_model.merge_and_unload()
 
 
 def available_models() -> list[str]:
