@@ -197,7 +197,7 @@ def run_encode_benchmark(
                 continue
             if v.name not in agreement:
                 q = v.encoder.encode_queries(query_texts)
-                d = v.encoder.encode_documents(doc_texts[:AGREEMENT_DOCS], batch_size=batch_size)
+                d = v.encoder.encode_documents(doc_texts[:AGREEMENT_DOCS], batch_size=batch_size, progress=False)
                 if ref_q is None:
                     ref_q, ref_d = q, d
                 agreement[v.name] = _agreement(ref_q, ref_d, q, d)
@@ -236,9 +236,9 @@ def _time_documents(v: Variant, texts: list[str], batch_size: int, peer: PyLateP
         reply = peer.ask(op="docs", threads=v.threads, batch_size=batch_size)
         v.docs_per_s.append(reply["docs"] / reply["seconds"])
         return
-    v.encoder.encode_documents(texts[:batch_size], batch_size=batch_size)  # warm up
+    v.encoder.encode_documents(texts[:batch_size], batch_size=batch_size, progress=False)  # warm up
     t0 = time.perf_counter()
-    v.encoder.encode_documents(texts, batch_size=batch_size)
+    v.encoder.encode_documents(texts, batch_size=batch_size, progress=False)
     v.docs_per_s.append(len(texts) / (time.perf_counter() - t0))
 
 

@@ -45,7 +45,7 @@ QUANTIZE = ("int8",)
 SPECS = ("torch", "torch-int8", "onnx", "onnx-int8")
 # What ``auto`` means, per kind of text, when onnxruntime is installed (measured by `tessera bench encode`
 # on this project's 2-core CPU; see docs/benchmarks.md). Without onnxruntime ``auto`` is torch fp32.
-AUTO = {"queries": "onnx-int8", "documents": "onnx"}
+AUTO = {"queries": "onnx-int8", "documents": "onnx-int8"}
 ONNX_FORMAT = 2  # bump when the exported graph changes, so cached exports are rebuilt
 OPSET = 17
 FUSED_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert"}
