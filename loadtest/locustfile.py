@@ -110,6 +110,8 @@ class TesseraUser(User):
         users = max(1, opts.num_users or 1)
         self.rate = opts.rate / users if opts.rate > 0 else 0.0
         self._next = time.perf_counter() + (random.expovariate(self.rate) if self.rate else 0.0)
+        if self.rate:  # the first call too waits for its arrival: no burst of every user at the start
+            time.sleep(max(0.0, self._next - time.perf_counter()))
 
     def wait_time(self) -> float:
         """Poisson arrivals at ``rate`` per user; no catching up after a slow call."""

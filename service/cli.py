@@ -55,8 +55,20 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-in-flight", type=int, default=64, help="calls handled at once; more get RESOURCE_EXHAUSTED"
     )
+    p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=1000.0,
+        help="a call that waits longer than this (or than half its deadline) for a worker thread gets "
+        "RESOURCE_EXHAUSTED instead of running late (0: only the deadline)",
+    )
     p.add_argument("--max-message-mb", type=float, default=32.0, help="largest request or response message")
-    p.add_argument("--workers", type=int, default=16, help="worker threads for encoding and search")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker threads for encoding and search (default: 2 per CPU core, at most 16)",
+    )
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight calls on SIGTERM")
     p.add_argument(
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
@@ -158,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    from tessera.service.server import ServerConfig, serve
+    from tessera.service.server import ServerConfig, default_workers, serve
 
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -173,8 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         max_in_flight=args.max_in_flight,
+        max_queue_ms=args.max_queue_ms,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        workers=args.workers,
+        workers=args.workers or default_workers(),
         grace_s=args.grace,
         max_query_batch=args.query_batch,
         device=args.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,17 @@ from tessera.service.servicer import TesseraServicer
 log = logging.getLogger(__name__)
 
 
+def default_workers() -> int:
+    """Worker threads: 2 per CPU core this process may use, at most 16. Searches are CPU-bound, and
+    more of them at once than the cores can run only makes every one slower (past capacity, slower
+    than its deadline)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        cores = os.cpu_count() or 1
+    return max(2, min(16, 2 * cores))
+
+
 @dataclass
 class ServerConfig:
     data_dir: str | Path
@@ -41,8 +53,9 @@ class ServerConfig:
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     metrics_host: str = "127.0.0.1"
     max_in_flight: int = 64
+    max_queue_ms: float = 1000.0  # a call waiting longer for a worker gets RESOURCE_EXHAUSTED (0: deadline only)
     max_message_bytes: int = 32 * 1024 * 1024
-    workers: int = 16
+    workers: int = field(default_factory=default_workers)
     grace_s: float = 30.0
     limits: Limits = field(default_factory=Limits)
     max_query_batch: int = 32
@@ -118,7 +131,8 @@ class TesseraServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_TesseraServicer_to_server(TesseraServicer(self.engine, self._executor), server)
+        servicer = TesseraServicer(self.engine, self._executor, c.max_queue_ms / 1000)
+        pb_grpc.add_TesseraServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

@@ -7,12 +7,11 @@ engine's. Field names in error messages are those of the request messages.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from concurrent.futures import Executor
 
 from tessera.client import convert
-from tessera.client.errors import InvalidArgument
+from tessera.client.errors import InvalidArgument, ResourceExhausted
 from tessera.proto.tessera.v1 import tessera_pb2 as pb
 from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 from tessera.service.engine import Engine
@@ -31,18 +30,38 @@ def _rename(exc: InvalidArgument, prefix_options: bool = False, prefix: str = ""
 
 
 class TesseraServicer(pb_grpc.TesseraServicer):
-    def __init__(self, engine: Engine, executor: Executor) -> None:
+    def __init__(self, engine: Engine, executor: Executor, max_queue_s: float | None = None) -> None:
         self.engine = engine
         self.executor = executor
+        self.max_queue_s = max_queue_s or None  # None/0: only the deadline bounds the wait for a worker
 
-    async def _run(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+    async def _run(self, context, fn, *args, **kwargs):
+        """Run an engine call on a worker thread. A call still waiting for a worker after its queue budget
+        (``max_queue_s``, and at most half of the deadline it had left on arrival) is answered
+        RESOURCE_EXHAUSTED without being run: past capacity the server sheds load while the client still
+        listens, instead of working on calls whose clients have timed out."""
+        budget = self.max_queue_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = remaining / 2 if budget is None else min(budget, remaining / 2)
+        queued = time.monotonic()
+
+        def call():
+            waited = time.monotonic() - queued
+            if budget is not None and waited > budget:
+                raise ResourceExhausted(
+                    f"server overloaded: the call waited {waited * 1000:.0f} ms for a worker thread "
+                    f"(queue budget {budget * 1000:.0f} ms); retry later"
+                )
+            return fn(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     # -- collections ------------------------------------------------------------------------------
     async def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.Collection:
         s = request.settings
         info = await self._run(
+            context,
             self.engine.create_collection,
             request.name,
             request.model,
@@ -54,23 +73,23 @@ class TesseraServicer(pb_grpc.TesseraServicer):
         return convert.collection_to_proto(info)
 
     async def ListCollections(self, request, context) -> pb.ListCollectionsResponse:
-        infos = await self._run(self.engine.list_collections)
+        infos = await self._run(context, self.engine.list_collections)
         out = pb.ListCollectionsResponse()
         for info in infos:
             convert.collection_to_proto(info, out.collections.add())
         return out
 
     async def DescribeCollection(self, request: pb.DescribeCollectionRequest, context) -> pb.Collection:
-        return convert.collection_to_proto(await self._run(self.engine.describe_collection, request.name))
+        return convert.collection_to_proto(await self._run(context, self.engine.describe_collection, request.name))
 
     async def DropCollection(self, request: pb.DropCollectionRequest, context) -> pb.DropCollectionResponse:
-        dropped = await self._run(self.engine.drop_collection, request.name, if_exists=request.if_exists)
+        dropped = await self._run(context, self.engine.drop_collection, request.name, if_exists=request.if_exists)
         return pb.DropCollectionResponse(dropped=dropped)
 
     # -- documents --------------------------------------------------------------------------------
     async def Upsert(self, request: pb.UpsertRequest, context) -> pb.UpsertResponse:
         docs = [convert.document_from_proto(d) for d in request.documents]
-        return convert.upsert_to_proto(await self._run(self.engine.upsert, request.collection, docs))
+        return convert.upsert_to_proto(await self._run(context, self.engine.upsert, request.collection, docs))
 
     async def BulkUpsert(self, request_iterator, context) -> pb.UpsertResponse:
         total = None
@@ -87,7 +106,7 @@ class TesseraServicer(pb_grpc.TesseraServicer):
             collection = name
             docs = [convert.document_from_proto(d) for d in request.documents]
             try:
-                result = await self._run(self.engine.upsert, collection, docs)
+                result = await self._run(context, self.engine.upsert, collection, docs)
             except InvalidArgument as exc:
                 raise _rename(exc, prefix=f"message[{i}].") from None
             total = result if total is None else total + result
@@ -98,11 +117,11 @@ class TesseraServicer(pb_grpc.TesseraServicer):
     async def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
         tree = convert.filter_from_proto(request.filter) if request.HasField("filter") else None
         ids = list(request.ids) or None
-        deleted = await self._run(self.engine.delete, request.collection, ids=ids, filter=tree)
+        deleted = await self._run(context, self.engine.delete, request.collection, ids=ids, filter=tree)
         return pb.DeleteResponse(deleted=deleted)
 
     async def Get(self, request: pb.GetRequest, context) -> pb.GetResponse:
-        result = await self._run(self.engine.get, request.collection, list(request.ids))
+        result = await self._run(context, self.engine.get, request.collection, list(request.ids))
         return convert.get_result_to_proto(result)
 
     # -- retrieval --------------------------------------------------------------------------------
@@ -126,7 +145,7 @@ class TesseraServicer(pb_grpc.TesseraServicer):
         opts = self._options(request.options)
         try:
             result = await self._run(
-                self.engine.search, request.collection, query, timeout=context.time_remaining(), **opts
+                context, self.engine.search, request.collection, query, timeout=context.time_remaining(), **opts
             )
         except InvalidArgument as exc:
             raise _rename(exc, prefix_options=True) from None
@@ -145,6 +164,7 @@ class TesseraServicer(pb_grpc.TesseraServicer):
         opts = self._options(request.options)
         try:
             results = await self._run(
+                context,
                 self.engine.batch_search,
                 request.collection,
                 queries,
@@ -162,6 +182,7 @@ class TesseraServicer(pb_grpc.TesseraServicer):
         start = time.perf_counter()
         query = convert.query_from_proto(request.query, "query")
         hits = await self._run(
+            context,
             self.engine.rerank,
             request.collection,
             query,
@@ -174,4 +195,4 @@ class TesseraServicer(pb_grpc.TesseraServicer):
         return convert.rerank_to_proto(hits, (time.perf_counter() - start) * 1000)
 
     async def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
-        return convert.stats_to_proto(await self._run(self.engine.stats, request.collection or None))
+        return convert.stats_to_proto(await self._run(context, self.engine.stats, request.collection or None))
