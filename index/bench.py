@@ -333,6 +333,10 @@ def run_benchmark(
                 )
             results[e.name] = entry
             log.info("%s: %s", e.name, entry)
+        if results.get("xtr", {}).get("dot_products") and results.get("plaid", {}).get("dot_products"):
+            # the comparison: XTR's token scoring vs PLAID's decompress-and-score stage
+            ratio = results["plaid"]["dot_products"] / results["xtr"]["dot_products"]
+            results["xtr"]["plaid_to_xtr_dot_products"] = round(ratio, 2)
         index.close()
         return results
     finally:

@@ -24,7 +24,7 @@ from tessera.packed import PackedDocuments
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict = {
-    "ncentroids": None,  # None: PLAID's 2^floor(log2(16 sqrt(vectors))) at first training
+    "ncentroids": None,  # None: 2^floor(log2(8 sqrt(vectors))) at first training (codec.default_ncentroids)
     "kmeans_niter": 8,
     "kmeans_points_per_centroid": 32,  # k-means sample size per centroid
     "seed": 0,

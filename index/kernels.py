@@ -41,3 +41,4 @@ def padded_max_sum(sims: torch.Tensor, lengths: torch.Tensor, weights: torch.Ten
     if bool((lengths == 0).any()):
         best[lengths.to(best.device) == 0] = 0.0
     return best @ weights if weights is not None else best.sum(1)
+

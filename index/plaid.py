@@ -1,12 +1,22 @@
-"""PLAID search (Santhanam et al., 2022) over the compressed segments.
+"""PLAID search (Santhanam et al., 2022) over the compressed segments, with residual-aware pruning.
 
-Stages, per query:
+Stages, per query (``ncells``, ``centroid_score_threshold`` and ``ndocs`` keep PLAID's meaning and its
+defaults by k):
 1. candidate generation: documents in the inverted lists of each query token's top ``ncells`` centroids;
-2. centroid interaction with pruning: approximate MaxSim of every candidate from centroid scores only,
-   using only centroids whose best query-token score reaches ``centroid_score_threshold``; keep ``ndocs``;
-3. centroid interaction without pruning over all their tokens; keep ``ndocs // 4``;
+2. centroid interaction with pruning: only centroids whose best query-token score reaches
+   ``centroid_score_threshold`` take part. PLAID scores a candidate from those centroids' scores;
+   here the candidate's token vectors that lie in those centroids are scored against the query
+   (found through the centroid -> vector inverted lists; stored originals, or decompressed residuals
+   for ``full_rerank=False``), so the approximate MaxSim sees residuals and not just centroids: a
+   query token none of whose kept vectors occur in the document contributes 0, as in PLAID. Keep
+   the top ``ndocs``;
+3. refinement of those ``ndocs``: their tokens in centroids scoring at least ``tier_threshold``
+   (default ``centroid_score_threshold - 0.2``) are scored too, which makes the approximation a tight
+   lower bound of the exact MaxSim; keep the top ``nfinal`` (default ``max(2k, ndocs // 8)``);
 4. exact MaxSim of the survivors on their stored full-precision vectors when the index keeps them
    (``keep_vectors``; ``full_rerank=False`` ignores them) or else on decompressed residuals; keep k.
+The work counter ``dot_products`` counts the query-token x vector products of stages 2-4 (the
+decompress-and-score stages); ``stage2_dot_products`` etc. break it down.
 Everything is vectorised in torch (no per-document Python loops), so it runs on CPU or GPU.
 """
 
@@ -15,17 +25,18 @@ from __future__ import annotations
 import torch
 
 from tessera.index.exact import score_few, topk
-from tessera.index.kernels import padded_max_sum, padded_positions, ranges, take
+from tessera.index.kernels import ranges, take
 from tessera.index.snapshot import Snapshot
 
-_DENSE_LIMIT = 1 << 22  # segments with at most this many documents x query tokens score densely
 PARAMS = {
     "ncells": int,
     "centroid_score_threshold": float,
     "ndocs": int,
+    "tier_threshold": float,
+    "nfinal": int,
     "full_rerank": bool,
-    "refine": (int, 0),
 }
+TIER_GAP = 0.2  # default tier_threshold = centroid_score_threshold - TIER_GAP
 
 
 def defaults(k: int) -> dict:
@@ -36,7 +47,15 @@ def defaults(k: int) -> dict:
         p = {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024}
     else:
         p = {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": max(4 * k, 4096)}
-    return {**p, "full_rerank": True, "refine": 0}
+    return {**p, "full_rerank": True}
+
+
+def resolve(k: int, params: dict) -> dict:
+    """Defaults by k, the given parameters, and the derived ones (tier_threshold, nfinal)."""
+    p = {**defaults(k), **params}
+    p.setdefault("tier_threshold", p["centroid_score_threshold"] - TIER_GAP)
+    p.setdefault("nfinal", max(2 * k, p["ndocs"] // 8))
+    return p
 
 
 def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
@@ -45,115 +64,106 @@ def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
     return (queries.reshape(nq * lq, d) @ snap.codec.centroids.T).view(nq, lq, -1)
 
 
-def approx_candidates(
+def _vectors(snap: Snapshot, seg, pos: torch.Tensor, full: bool) -> torch.Tensor:
+    """float32 vectors at positions ``pos`` of ``seg``: the originals if kept (and ``full``), else
+    decompressed residuals."""
+    if full and seg.vectors is not None:
+        return take(seg.vectors, pos.to(seg.device)).to(snap.codec.device).float()
+    return snap.codec.decompress(take(seg.codes, pos.to(seg.device)), take(seg.residuals, pos.to(seg.device)))
+
+
+def _add(stats: dict, key: str, value: int) -> None:
+    stats[key] = stats.get(key, 0) + value
+
+
+def stage2(
     snap: Snapshot,
+    query: torch.Tensor,
     ST: torch.Tensor,
     mask: torch.Tensor,
     ncells: int,
     threshold: float,
-    weights: torch.Tensor | None,
+    full: bool,
     stats: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stages 1-2 for one query: (approximate scores, global document numbers) of all candidates.
-    ``ST`` [C, Lq] holds centroid x query-token scores (this layout keeps the reductions fast)."""
+    """Stages 1-2 for one query: ([n, Lq] per query token the best similarity among each candidate's
+    vectors in kept centroids (0 if none), [n] global document numbers of the n candidates).
+    ``ST`` [C, Lq] holds centroid x query-token scores."""
     C, lq = ST.shape
+    dev = ST.device
     if ncells == 1:  # each query token's best centroid (amax is much faster than topk/argmax on CPU)
         cells = (ST == ST.amax(0)[None, :]).nonzero()[:, 0].unique()
     else:
         cells = ST.topk(min(ncells, C), dim=0).indices.flatten().unique()
     kept = (ST.amax(1) >= threshold).nonzero().flatten()
-    S_kept = ST.index_select(0, kept)  # [|kept|, Lq]
-    if weights is not None:
-        S_kept = S_kept * weights[None, :]
     bases = snap.bases.tolist()
-    out_s, out_g = [], []
+    out_b, out_g = [], []
     for s, seg in enumerate(snap.segments):
-        dev = ST.device
         ivf_off = seg.ivf_offsets.to(dev)
-        ivf_docs = seg.ivf_docs.to(dev)
-        seg_mask = mask[bases[s] : bases[s + 1]].to(dev)
         cand = torch.zeros(seg.n_docs, dtype=torch.bool, device=dev)
-        cand[ivf_docs[ranges(ivf_off[cells], ivf_off[cells + 1] - ivf_off[cells])].long()] = True
-        cand &= seg_mask
-        n_cand = int(cand.sum())
-        stats["candidates"] = stats.get("candidates", 0) + n_cand
+        cand[seg.ivf_docs.to(dev)[ranges(ivf_off[cells], ivf_off[cells + 1] - ivf_off[cells])].long()] = True
+        cand &= mask[bases[s] : bases[s + 1]].to(dev)
+        cand_idx = cand.nonzero().flatten()
+        n_cand = cand_idx.numel()
+        _add(stats, "candidates", n_cand)
         if n_cand == 0:
             continue
-        lens = ivf_off[kept + 1] - ivf_off[kept]
-        pos = ranges(ivf_off[kept], lens)
-        docs = ivf_docs[pos].long()
-        owner = torch.repeat_interleave(torch.arange(kept.numel(), device=dev), lens, output_size=pos.numel())
-        cand_idx = cand.nonzero().flatten()
-        if seg.n_docs * lq > _DENSE_LIMIT:  # large segment: number the candidates compactly first
+        voff, order, order_docs = seg.vector_ivf(C)
+        voff = voff.to(dev)
+        idx = ranges(voff[kept], voff[kept + 1] - voff[kept])
+        docs = take(order_docs, idx.to(order_docs.device)).to(dev).long()
+        inside = cand[docs]
+        docs = docs[inside]
+        pos = take(order, idx[inside].to(order.device))
+        # a query token none of whose kept vectors occur in the document contributes 0 (as in PLAID)
+        best = torch.zeros(n_cand, lq, device=dev)
+        if pos.numel():
+            sims = _vectors(snap, seg, pos, full) @ query.T  # [n, Lq]
+            _add(stats, "stage2_dot_products", int(sims.numel()))
             compact = torch.full((seg.n_docs,), -1, dtype=torch.int64, device=dev)
             compact[cand_idx] = torch.arange(n_cand, device=dev)
-            docs = compact[docs]
-            keep = docs >= 0
-            docs, owner = docs[keep], owner[keep]
-        stats["stage2_pairs"] = stats.get("stage2_pairs", 0) + int(docs.numel())
-        # a query token none of whose kept centroids occur in the document contributes 0 (as in PLAID)
-        best = torch.zeros(seg.n_docs if seg.n_docs * lq <= _DENSE_LIMIT else n_cand, lq, device=dev)
-        if docs.numel():
-            best.scatter_reduce_(0, docs[:, None].expand(-1, lq), S_kept.index_select(0, owner), "amax")
-        approx = best.sum(1)
-        out_s.append(approx[cand_idx] if approx.numel() != n_cand else approx)
+            best.scatter_reduce_(0, compact[docs][:, None].expand(-1, lq), sims, "amax")
+        out_b.append(best)
         out_g.append(cand_idx + bases[s])
-    if not out_s:
-        empty = torch.empty(0, device=ST.device)
-        return empty, empty.long()
-    return torch.cat(out_s), torch.cat(out_g)
+    if not out_b:
+        return torch.empty(0, lq, device=dev), torch.empty(0, dtype=torch.int64, device=dev)
+    return torch.cat(out_b), torch.cat(out_g)
 
 
-def full_centroid_scores(
+def stage3(
     snap: Snapshot,
+    query: torch.Tensor,
     ST: torch.Tensor,
+    best: torch.Tensor,
     gidx: torch.Tensor,
-    weights: torch.Tensor | None,
-    query: torch.Tensor | None = None,
-    refine: int = 0,
-    full: bool = True,
-    stats: dict | None = None,
+    low: float,
+    high: float,
+    full: bool,
+    stats: dict,
 ) -> torch.Tensor:
-    """Stage 3: approximate MaxSim from the centroids of all tokens of the given documents.
-
-    With ``refine`` = t > 0, for every (document, query token) the t document tokens with the best
-    centroid scores are re-scored exactly (stored originals, or decompressed residuals of just those
-    tokens) and the best of those is used: a lower bound of the exact MaxSim that is far tighter than
-    the centroid approximation, at the cost of at most t * Lq dot products per document."""
-    out = torch.empty(gidx.numel(), device=ST.device)
+    """``best`` [m, Lq] of documents ``gidx`` raised by their tokens whose centroid's best score lies
+    in [low, high) (the tokens stage 2 did not see); returns the new [m, Lq]."""
+    cmax = ST.amax(1)
+    tier = (cmax >= low) & (cmax < high)
+    best = best.clone()
     seg_of, local = snap.locate(gidx.cpu())
-    lq = ST.shape[1]
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
-        if refine <= 0 or query is None:
-            # the max over a document's tokens only needs its distinct centroids
-            offsets, dcodes = seg.doc_codes()
-            loc = local[sel].to(seg.device)
-            counts = offsets[loc + 1] - offsets[loc]
-            upos = padded_positions(offsets[loc], counts)
-            codes = take(dcodes, upos.view(-1)).to(ST.device)
-            sims = take(ST, codes.long()).view(upos.shape[0], upos.shape[1], lq)
-            out[sel.to(ST.device)] = padded_max_sum(sims, counts, weights)
+        loc = local[sel].to(seg.device)
+        lengths = seg.lengths[loc]
+        pos = ranges(seg.offsets[loc], lengths)  # document-major
+        if pos.numel() == 0:
             continue
-        pos, lens = seg.padded(local[sel])
-        m, width = pos.shape
-        codes = take(seg.codes, pos.view(-1)).to(ST.device)
-        sims = take(ST, codes.long()).view(m, width, lq)
-        best_tok = sims.topk(min(refine, width), dim=1).indices  # [m, t, Lq]
-        tok_pos = pos.to(ST.device).gather(1, best_tok.reshape(m, -1)).view(m, -1, lq)
-        uniq, inv = torch.unique(tok_pos, return_inverse=True)
-        if full and seg.vectors is not None:
-            vecs = take(seg.vectors, uniq.to(seg.device)).to(ST.device).float()
-        else:
-            vecs = snap.codec.decompress(take(seg.codes, uniq), take(seg.residuals, uniq))
-        exact = vecs @ query.T  # [u, Lq]
-        if stats is not None:
-            stats["refine_dot_products"] = stats.get("refine_dot_products", 0) + int(exact.numel())
-        picked = exact.view(-1).index_select(0, (inv * lq + torch.arange(lq, device=ST.device)).view(-1))
-        best = picked.view(m, -1, lq).amax(1)
-        out[sel.to(ST.device)] = best @ weights if weights is not None else best.sum(1)
-    return out
+        row = torch.repeat_interleave(sel.to(seg.device), lengths, output_size=pos.numel())
+        pick = tier[take(seg.codes, pos).to(ST.device).long()].nonzero().flatten()
+        if pick.numel() == 0:
+            continue
+        sims = _vectors(snap, seg, pos[pick.to(pos.device)], full) @ query.T
+        _add(stats, "stage3_dot_products", int(sims.numel()))
+        rows = row[pick.to(row.device)].to(ST.device)
+        best.scatter_reduce_(0, rows[:, None].expand(-1, sims.shape[1]), sims, "amax")
+    return best
 
 
 def search(
@@ -165,32 +175,35 @@ def search(
     query_weights: torch.Tensor | None = None,
     stats: dict | None = None,
 ):
-    p = {**defaults(k), **params}
+    p = resolve(k, params)
     stats = stats if stats is not None else {}
     stats["params"] = p
     nq = queries.shape[0]
     centroids = snap.codec.centroids
     out_s = torch.full((nq, k), float("-inf"))
     out_i = torch.full((nq, k), -1, dtype=torch.int64)
+    thr, full = p["centroid_score_threshold"], p["full_rerank"]
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
-        ST = centroids @ queries[q].T  # [C, Lq]
-        approx, gidx = approx_candidates(snap, ST, mask, p["ncells"], p["centroid_score_threshold"], w, stats)
+        query = queries[q]
+        ST = centroids @ query.T  # [C, Lq]
+        best, gidx = stage2(snap, query, ST, mask, p["ncells"], thr, full, stats)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
+            approx = best @ w if w is not None else best.sum(1)
             top = approx.topk(p["ndocs"]).indices
-            approx, gidx = approx[top], gidx[top]
-        n4 = max(k, p["ndocs"] // 4)
-        if gidx.numel() > n4:
-            full = full_centroid_scores(snap, ST, gidx, w, queries[q], p["refine"], p["full_rerank"], stats)
-            gidx = gidx[full.topk(n4).indices]
+            best, gidx = best[top], gidx[top]
+        if gidx.numel() > p["nfinal"]:
+            if p["tier_threshold"] < thr:
+                best = stage3(snap, query, ST, best, gidx, p["tier_threshold"], thr, full, stats)
+            approx = best @ w if w is not None else best.sum(1)
+            gidx = gidx[approx.topk(p["nfinal"]).indices]
         gidx = gidx.cpu()
-        scores = score_few(snap, queries[q], gidx, w, p["full_rerank"])[None].cpu()
-        stats["scored_docs"] = stats.get("scored_docs", 0) + int(gidx.numel())
-        stats["dot_products"] = stats.get("dot_products", 0) + int(
-            queries.shape[1] * snap.lengths_all[gidx].sum()
-        )  # the decompress-and-score stage (stage 4)
+        scores = score_few(snap, query, gidx, w, full)[None].cpu()
+        _add(stats, "scored_docs", int(gidx.numel()))
+        _add(stats, "stage4_dot_products", int(queries.shape[1] * snap.lengths_all[gidx].sum()))
         s, i = topk(scores, gidx, k)
         out_s[q], out_i[q] = s[0], i[0]
+    stats["dot_products"] = sum(stats.get(f"stage{n}_dot_products", 0) for n in (2, 3, 4))
     return out_s, out_i

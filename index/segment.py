@@ -30,9 +30,7 @@ def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
     return [data[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
 
 
-def build_ivf(
-    codes: torch.Tensor, lengths: torch.Tensor, ncentroids: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def build_ivf(codes: torch.Tensor, lengths: torch.Tensor, ncentroids: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverted lists centroid -> local documents holding it (CSR: offsets [C+1], docs int32)."""
     n = int(lengths.shape[0])
     if codes.numel() == 0:
@@ -187,6 +185,8 @@ class Segment:
         order [T], the local document of each of those positions [T])."""
         if "vector_ivf" not in self.cache:
             order = torch.argsort(self.codes, stable=True)
+            if self.n_vectors < 2**31:
+                order = order.to(torch.int32)  # 4 bytes per vector in memory instead of 8
             counts = torch.bincount(self.codes.long(), minlength=ncentroids)
             docs = self.doc_of(order).to(torch.int32)
             offsets = torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0))

@@ -27,10 +27,10 @@ def test_128_dims_at_2_bits_cost_36_bytes():
     assert codes.element_size() + packed.shape[1] == 36
 
 
-def test_default_ncentroids_follows_plaid():
-    assert default_ncentroids(815_000) == 8192
-    assert default_ncentroids(1_000_000) == 8192
-    assert default_ncentroids(10_000_000) == 32768
+def test_default_ncentroids_is_half_of_plaids_rule():
+    assert default_ncentroids(815_000) == 4096  # PLAID: 8192
+    assert default_ncentroids(1_000_000) == 4096
+    assert default_ncentroids(10_000_000) == 16384
     assert default_ncentroids(5) == 4
 
 

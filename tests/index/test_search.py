@@ -10,11 +10,12 @@ from tessera.index import plaid
 
 
 def test_plaid_defaults_follow_k():
-    full = {"full_rerank": True, "refine": 0}
-    assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256, **full}
-    assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024, **full}
-    assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096, **full}
+    assert plaid.defaults(10) == {"ncells": 1, "centroid_score_threshold": 0.5, "ndocs": 256, "full_rerank": True}
+    assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024, "full_rerank": True}
+    assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096, "full_rerank": True}
     assert plaid.defaults(2000)["ndocs"] == 8000
+    assert plaid.resolve(10, {}) == {**plaid.defaults(10), "tier_threshold": pytest.approx(0.3), "nfinal": 32}
+    assert plaid.resolve(100, {"ndocs": 512})["nfinal"] == 200
 
 
 def test_plaid_recall_against_exact(built, queries, truth):
@@ -31,11 +32,13 @@ def test_plaid_recall_against_exact(built, queries, truth):
     assert recall(hits100, exact100, 100) >= 0.95
 
 
-def test_plaid_refine_tightens_stage_three(built, queries, truth):
-    base = built.search(queries, k=10, method="plaid", params={"ndocs": 60})
-    refined, stats = built.search_with_stats(queries, k=10, method="plaid", params={"ndocs": 60, "refine": 2})
-    assert stats["refine_dot_products"] > 0
-    assert recall(refined, truth, 10) >= recall(base, truth, 10)
+def test_plaid_stage_three_tightens_the_approximation(built, queries, truth):
+    params = {"ndocs": 60, "nfinal": 12}
+    base, off = built.search_with_stats(queries, k=10, method="plaid", params={**params, "tier_threshold": 0.5})
+    tiered, on = built.search_with_stats(queries, k=10, method="plaid", params=params)
+    assert off.get("stage3_dot_products", 0) == 0 < on["stage3_dot_products"]
+    assert on["dot_products"] == sum(on[f"stage{n}_dot_products"] for n in (2, 3, 4))
+    assert recall(tiered, truth, 10) >= recall(base, truth, 10)
 
 
 def test_plaid_scores_are_exact_scores_of_returned_docs(built, queries):
@@ -55,8 +58,8 @@ def test_plaid_params_change_the_work_done(built, queries):
         built.search(queries, k=10, method="plaid", params={"ndocs": 0})
     with pytest.raises(ValueError, match="unknown parameter"):
         built.search(queries, k=10, method="plaid", params={"nprobe": 3})
-    with pytest.raises(ValueError, match="int >= 0"):
-        built.search(queries, k=10, method="plaid", params={"refine": -1})
+    with pytest.raises(ValueError, match="positive int"):
+        built.search(queries, k=10, method="plaid", params={"nfinal": 0})
     with pytest.raises(ValueError, match="finite number"):
         built.search(queries, k=10, method="plaid", params={"centroid_score_threshold": float("nan")})
 
@@ -89,9 +92,7 @@ def test_xtr_scores_from_retrieved_tokens_with_far_fewer_dot_products(built, que
     assert xs["dot_products"] * 5 <= ps["dot_products"]
     # only vectors of probed cells are scored, never whole documents
     assert xs["scored_vectors"] < built.stats()["vectors"] * len(queries) / 2
-    more, more_stats = built.search_with_stats(
-        queries, k=10, method="xtr", params={"nprobe": 32, "k_prime": 2000}
-    )
+    more, more_stats = built.search_with_stats(queries, k=10, method="xtr", params={"nprobe": 32, "k_prime": 2000})
     assert more_stats["dot_products"] > xs["dot_products"]
     assert recall(more, truth, 10) >= 0.75
 
@@ -105,14 +106,27 @@ def test_xtr_imputes_missing_similarities(built, queries):
     assert all(h.score > 0.5 * exact[h.id] for h in hits[:3])
 
 
-def test_centroid_interaction_from_distinct_centroids_equals_all_tokens(built, queries):
+def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
+    """Stage 2: per query token, the best exact similarity among a candidate's vectors in kept centroids
+    (0 if none); stage 3 adds the tokens of the next tier; with every tier it is exact MaxSim."""
     snap = built.snapshot
     seg = snap.segments[0]
-    S = plaid.centroid_scores(snap, queries[:1])[0]
-    gidx = torch.arange(0, seg.n_docs, 7)
-    fast = plaid.full_centroid_scores(snap, S.T.contiguous(), gidx, None)
-    for j, d in enumerate(gidx.tolist()):
-        codes = seg.codes[seg.offsets[d] : seg.offsets[d + 1]].long()
-        assert fast[j].item() == pytest.approx(S[:, codes].amax(1).sum().item(), rel=1e-5)
-    offsets, dcodes = seg.doc_codes()
-    assert offsets[-1] == seg.ivf_docs.numel()
+    q = queries[0]
+    ST = snap.codec.centroids @ q.T
+    best, gidx = plaid.stage2(snap, q, ST, snap.alive_all, 1, 0.5, True, {})
+    kept = ST.amax(1) >= 0.5
+    for j in range(0, gidx.numel(), max(1, gidx.numel() // 10)):
+        d = int(gidx[j])
+        span = slice(int(seg.offsets[d]), int(seg.offsets[d + 1]))
+        sims = snap.codec.decompress(seg.codes[span], seg.residuals[span]) @ q.T
+        sel = kept[seg.codes[span].long()]
+        want = sims[sel].amax(0).clamp_min(0) if sel.any() else torch.zeros(q.shape[0])
+        assert torch.allclose(best[j], want, atol=1e-5)
+    some = gidx[:20]
+    lower = plaid.stage3(snap, q, ST, best[:20], some, 0.3, 0.5, True, {}).sum(1)
+    full = plaid.stage3(snap, q, ST, best[:20], some, -2.0, 0.5, True, {}).sum(1)
+    ids = [snap.id_of(int(g)) for g in some]
+    scores = {h.id: h.score for h in built.score(q, ids)}
+    exact = torch.tensor([scores[i] for i in ids])
+    assert (lower <= full + 1e-4).all()
+    assert torch.allclose(full, exact, atol=1e-3)
