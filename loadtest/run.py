@@ -202,6 +202,20 @@ def summarize(prefix: Path, warmup_s: float = 0.0) -> dict:
     }
 
 
+def server_load(rows, start: float, end: float, ok_qps: float | None) -> dict:
+    """Mean server CPU (% of one core) and machine load over [start, end] from the resource samples,
+    and the server's CPU time per successful call (a figure that machine contention hardly moves)."""
+    window = [r for r in rows if start <= r[0] <= end]
+    if not window:
+        return {}
+    cpu = sum(r[3] for r in window) / len(window)
+    return {
+        "server_cpu_pct": round(cpu, 1),
+        "loadavg_1m": round(sum(r[4] for r in window) / len(window), 2),
+        "server_cpu_ms_per_ok_call": round(10 * cpu / ok_qps, 1) if ok_qps else None,
+    }
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -269,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
                 "users": args.users,
                 "locust_exit": rc,
                 "started_s": round(t0, 1),
+                "ended_s": round(time.time(), 1),
                 **summarize(prefix, warmup_s=5.0 if args.steps else 0.0),
             }
             runs.append(result)
@@ -282,8 +297,12 @@ def run(args: argparse.Namespace) -> int:
         if sampler is not None:
             rows = sampler.stop()
             if rows:
-                rss = [r[1] for r in rows]
+                rss = [r[2] for r in rows]
                 summary["server_rss_mb"] = {"first": rss[0], "last": rss[-1], "max": max(rss), "samples": len(rss)}
+                for r in runs:
+                    r.update(
+                        server_load(rows, r["started_s"] + (5.0 if args.steps else 0.0), r["ended_s"], r["ok_qps"])
+                    )
     finally:
         if server is not None:
             code = server.stop()

@@ -141,13 +141,13 @@ class ServerProcess:
 class ResourceSampler:
     """Samples a process's RSS and CPU use, and the machine's load average, to a CSV every ``every_s``."""
 
-    COLUMNS = ("elapsed_s", "rss_mb", "cpu_pct", "loadavg_1m")
+    COLUMNS = ("time_s", "elapsed_s", "rss_mb", "cpu_pct", "loadavg_1m")
 
     def __init__(self, pid: int, path: str | Path, every_s: float = 5.0) -> None:
         self.pid = pid
         self.path = Path(path)
         self.every_s = every_s
-        self.rows: list[tuple[float, float, float, float]] = []
+        self.rows: list[tuple[float, float, float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
 
@@ -168,7 +168,7 @@ class ResourceSampler:
                 now = time.monotonic()
                 pct = 100.0 * (cpu - last_cpu) / (now - last_t) if now > last_t else 0.0
                 load = float(Path("/proc/loadavg").read_text().split()[0])
-                row = (round(now - t0, 1), round(rss, 1), round(pct, 1), load)
+                row = (round(time.time(), 1), round(now - t0, 1), round(rss, 1), round(pct, 1), load)
                 self.rows.append(row)
                 out.writerow(row)
                 fh.flush()
@@ -176,7 +176,7 @@ class ResourceSampler:
                 if self._stop.wait(self.every_s):
                     return
 
-    def stop(self) -> list[tuple[float, float, float, float]]:
+    def stop(self) -> list[tuple[float, float, float, float, float]]:
         self._stop.set()
         self._thread.join(timeout=10)
         return self.rows
