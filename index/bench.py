@@ -24,7 +24,7 @@ from tessera.packed import PackedDocuments
 
 log = logging.getLogger(__name__)
 
-ALL_METHODS = ("exact", "plaid", "plaid-compressed", "plaid-wide", "xtr", "prf", "prf-retrieve")
+ALL_METHODS = ("exact", "plaid", "plaid-compressed", "plaid-wide", "xtr", "xtr-compressed", "prf", "prf-retrieve")
 # PLAID with a wider first stage: PLAID's k<=100 candidate settings at k=10 (recall over speed)
 WIDE = {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 512}
 _METHOD_CALLS = {  # entry name -> (index method, params)
@@ -33,6 +33,7 @@ _METHOD_CALLS = {  # entry name -> (index method, params)
     "plaid-compressed": ("plaid", {"full_rerank": False}),
     "plaid-wide": ("plaid", WIDE),
     "xtr": ("xtr", {}),
+    "xtr-compressed": ("xtr", {"exact_tokens": False}),
     "prf": ("prf", {"prf_mode": "rerank"}),
     "prf-retrieve": ("prf", {"prf_mode": "retrieve"}),
 }
@@ -269,7 +270,7 @@ def run_benchmark(
         engines = []
         for name in methods:
             method, params = _METHOD_CALLS[name]
-            if name == "plaid-compressed" and not keep_vectors:
+            if name in ("plaid-compressed", "xtr-compressed") and not keep_vectors:
                 continue
             params100 = {} if name == "plaid-wide" else params  # at k=100 PLAID's defaults are wide already
             limit = exact_queries if method == "exact" else None
@@ -320,7 +321,7 @@ def run_benchmark(
                     }
                 )
             else:
-                uses_full = keep_vectors and e.name in ("exact", "plaid", "plaid-wide", "prf", "prf-retrieve")
+                uses_full = keep_vectors and e.name in ("exact", "plaid", "plaid-wide", "xtr", "prf", "prf-retrieve")
                 per_q = {key: v / max(1, n) for key, v in e.work.items()}
                 entry.update(
                     {

@@ -1,9 +1,11 @@
 """XTR-style search (Lee et al., 2023): score documents from retrieved tokens only.
 
-Each query token probes its ``nprobe`` nearest centroids and scores the vectors stored there by
-asymmetric distance computation: <q, centroid> comes from the centroid scores and <q, residual> from
-a per-query-token lookup table over the packed residual bytes, so only the probed vectors are touched
-and nothing (least of all whole documents) is decompressed; it keeps its top ``k_prime`` tokens.
+Each query token probes its ``nprobe`` nearest centroids and scores the vectors stored there (one
+dot product per probed vector and query token): with their stored originals when the index keeps
+them (``exact_tokens``, the default), otherwise by asymmetric distance computation (<q, centroid>
+from the centroid scores, <q, residual> from a per-query-token lookup table over the packed residual
+bytes). Only the probed vectors are touched and nothing (least of all whole documents) is
+decompressed; each query token keeps its top ``k_prime`` tokens.
 A document's score sums, over query tokens, the best similarity among its retrieved tokens, or,
 when the token retrieved none of them, that token's
 missing-similarity estimate: the lowest similarity it retrieved (its k'-th best).
@@ -18,11 +20,25 @@ from tessera.index.kernels import ranges, take
 from tessera.index.plaid import centroid_scores
 from tessera.index.snapshot import Snapshot
 
-PARAMS = {"nprobe": int, "k_prime": int}
+PARAMS = {"nprobe": int, "k_prime": int, "exact_tokens": bool}
 
 
 def defaults(k: int) -> dict:
-    return {"nprobe": 8 if k <= 10 else 16, "k_prime": max(256, 4 * k)}
+    return {"nprobe": 8 if k <= 10 else 16, "k_prime": max(256, 4 * k), "exact_tokens": True}
+
+
+def exact_scores(seg, q: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """<q_tok, stored original> of vectors ``pos`` (grouped by query token ``tok``, non-decreasing):
+    one matrix-vector product per query token."""
+    out = torch.empty(pos.numel(), device=q.device)
+    counts = torch.bincount(tok, minlength=q.shape[0]).tolist()
+    start = 0
+    for i, n in enumerate(counts):
+        if n:
+            v = take(seg.vectors, pos[start : start + n].to(seg.device)).to(q.device).float()
+            out[start : start + n] = v @ q[i]
+        start += n
+    return out
 
 
 def residual_tables(snap: Snapshot, q: torch.Tensor) -> torch.Tensor:
@@ -50,9 +66,12 @@ def retrieve(
     mask: torch.Tensor,
     stats: dict,
     with_token_ids: bool = False,
+    exact_tokens: bool = False,
 ):
     """(query token index, global document, similarity[, token id]) of every probed vector of a live
-    document; ``q`` [m, dim] are the probing vectors and ``S`` [m, C] their centroid scores."""
+    document; ``q`` [m, dim] are the probing vectors and ``S`` [m, C] their centroid scores. The
+    similarity comes from the codes (centroid score + residual lookup tables), or with
+    ``exact_tokens`` from the stored originals of segments that keep them."""
     lq = q.shape[0]
     dev = q.device
     probes = S.topk(min(nprobe, S.shape[1]), dim=1).indices  # [Lq, nprobe]
@@ -75,7 +94,10 @@ def retrieve(
         cent = pair_scores.repeat_interleave(lens, output_size=idx.numel())  # <q, centroid>
         live = mask[bases[s] : bases[s + 1]].to(dev)[doc]
         pos, tok, doc, cent = pos[live], tok[live], doc[live], cent[live]
-        sim = cent + residual_scores(snap, lut, seg, tok, pos)
+        if exact_tokens and seg.vectors is not None:
+            sim = exact_scores(seg, q, tok, pos)
+        else:
+            sim = cent + residual_scores(snap, lut, seg, tok, pos)
         stats["scored_vectors"] = stats.get("scored_vectors", 0) + int(sim.numel())
         stats["dot_products"] = stats.get("dot_products", 0) + int(sim.numel())
         toks.append(tok)
@@ -94,7 +116,7 @@ def retrieve(
 def score_query(snap, q, S, p, mask, weights, stats):
     """(XTR scores, global documents) of every document that had a token retrieved."""
     lq = q.shape[0]
-    tok, doc, sim = retrieve(snap, q, S, p["nprobe"], mask, stats)
+    tok, doc, sim = retrieve(snap, q, S, p["nprobe"], mask, stats, exact_tokens=p["exact_tokens"])
     if tok.numel() == 0:
         return sim, doc
     # top k' per query token: lay each token's entries out in one row of a padded matrix, then topk

@@ -6,7 +6,7 @@ import pytest
 import torch
 from index_helpers import build, recall
 
-from tessera.index import plaid
+from tessera.index import plaid, xtr
 
 
 def test_plaid_defaults_follow_k():
@@ -130,3 +130,23 @@ def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
     exact = torch.tensor([scores[i] for i in ids])
     assert (lower <= full + 1e-4).all()
     assert torch.allclose(full, exact, atol=1e-3)
+
+
+def test_xtr_scores_probed_vectors_with_the_originals_when_kept(corpus, doc_ids, queries):
+    index = build(corpus.docs.select(range(150)), doc_ids[:150], keep_vectors=True)
+    snap = index.snapshot
+    seg = snap.segments[0]
+    q = queries[0]
+    S = (snap.codec.centroids @ q.T).T.contiguous()
+    tok, doc, sim = xtr.retrieve(snap, q, S, 4, snap.alive_all, {}, exact_tokens=True)
+    _, _, approx = xtr.retrieve(snap, q, S, 4, snap.alive_all, {}, exact_tokens=False)
+    voff, order, _ = seg.vector_ivf(snap.codec.ncentroids)
+    # the same probed (token, vector) entries in the same order: compare with the originals directly
+    probes = S.topk(4, dim=1).indices.flatten()
+    pos = torch.cat([order[int(voff[c]) : int(voff[c + 1])].long() for c in probes.tolist()])
+    want = (seg.vectors[pos].float() * q[tok]).sum(1)
+    assert torch.allclose(sim, want, atol=1e-4)
+    assert not torch.allclose(sim, approx, atol=1e-4)  # the codes are only an approximation
+    exact_hits, st1 = index.search_with_stats(queries, k=10, method="xtr")
+    code_hits, st2 = index.search_with_stats(queries, k=10, method="xtr", params={"exact_tokens": False})
+    assert st1["dot_products"] == st2["dot_products"]
