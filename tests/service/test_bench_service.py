@@ -26,6 +26,7 @@ def _beir(root, n_docs=40, n_queries=6):
     return root
 
 
+@pytest.mark.slow  # two server child processes: ~30 s on a quiet machine, minutes on a busy one
 def test_bench_service_reports_every_part(tmp_path, tiny_model_dir, capsys, monkeypatch):
     monkeypatch.setenv("TESSERA_CACHE_DIR", str(tmp_path / "cache"))
     data = _beir(tmp_path / "beir")
