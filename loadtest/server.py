@@ -1,24 +1,18 @@
-"""A ``tessera serve`` child process for load tests: start, wait until SERVING, sample its memory, stop."""
+"""Load-test helpers around a ``tessera serve`` child process: its memory and CPU sampled to a CSV.
+
+The process itself is ``tessera.service.process.ServerProcess`` (re-exported here)."""
 
 from __future__ import annotations
 
 import csv
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tessera.errors import TesseraError
+from tessera.service.process import ServerProcess, free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+__all__ = ["ResourceSampler", "ServerProcess", "cpu_seconds", "free_port", "rss_mb"]
 
 
 def rss_mb(pid: int) -> float | None:
@@ -39,103 +33,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ServerProcess:
-    """``tessera serve --data-dir DIR`` on a free local port, logging to ``log_path``."""
-
-    def __init__(
-        self,
-        data_dir: str | Path,
-        log_path: str | Path,
-        *,
-        api_key: str | None = None,
-        extra_args: list[str] | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.log_path = Path(log_path)
-        self.api_key = api_key
-        self.extra_args = list(extra_args or [])
-        self.host = host
-        self.port = free_port(host)
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "tessera.cli", "serve", "--data-dir", str(self.data_dir)]
-        cmd += ["--host", self.host, "--port", str(self.port), *self.extra_args]
-        return cmd
-
-    def start(self, wait_s: float = 600.0) -> ServerProcess:
-        """Start and wait until the health check says SERVING (reconciling a big collection takes a while)."""
-        from tessera.client import Client, ServiceError
-
-        env = dict(os.environ)
-        env.pop("TESSERA_API_KEYS", None)
-        if self.api_key:
-            env["TESSERA_API_KEYS"] = self.api_key  # not on the command line, where `ps` shows it
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + wait_s
-        with Client(self.target, timeout=2.0, max_retries=0) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    raise TesseraError(
-                        f"the server exited with code {self.proc.returncode} while starting; "
-                        f"last lines of {self.log_path}:\n{self.tail()}"
-                    )
-                try:
-                    if client.health(timeout=2.0) == "SERVING":
-                        return self
-                except ServiceError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise TesseraError(f"the server was not SERVING after {wait_s:.0f} s; see {self.log_path}")
-                time.sleep(0.25)
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float = 120.0) -> int:
-        """SIGTERM (drain, flush), wait; returns the exit code. Killed (and an error) if it hangs."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise TesseraError(f"the server did not stop within {timeout_s:.0f} s of SIGTERM (killed)") from None
-        code = self.proc.returncode
-        self._close_log()
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class ResourceSampler:

@@ -17,26 +17,16 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from tessera.errors import DataError, TesseraError
+from tessera.errors import DataError
+from tessera.service.process import ServerProcess
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -79,55 +69,6 @@ def indexed_data_dir(data: Path, model: str, doc_backend: str, root: Path, encod
             "seconds": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(info) + "\n")
     return folder
-
-
-class ServerProcess:
-    """``tessera serve`` on free local ports (gRPC and metrics), stopped with SIGTERM."""
-
-    def __init__(self, data_dir: Path, query_backend: str, doc_backend: str, threads: int | None,
-                 log_path: Path) -> None:
-        self.port, self.metrics_port = _free_port(), _free_port()
-        cmd = [sys.executable, "-m", "tessera.cli", "serve", "--data-dir", str(data_dir), "--port", str(self.port),
-               "--metrics-port", str(self.metrics_port), "--query-backend", query_backend,
-               "--doc-backend", doc_backend, "--log-format", "text"]
-        if threads:
-            cmd += ["--encoder-threads", str(threads)]
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        from tessera.client import Client
-
-        end = time.monotonic() + timeout
-        with Client(self.target, timeout=2.0, max_retries=0) as client:
-            while time.monotonic() < end:
-                if self.proc.poll() is not None:
-                    raise TesseraError(f"the server exited with code {self.proc.returncode} (see {self._log.name})")
-                try:
-                    if client.health(timeout=2.0) == "SERVING":
-                        return
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
-                time.sleep(0.5)
-        raise TesseraError(f"the server did not become ready in {timeout:.0f} s (see {self._log.name})")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
-            return resp.read().decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def _histogram(text: str, name: str, label: str) -> tuple[list[tuple[float, float]], float, float]:
@@ -190,6 +131,7 @@ def run_service_benchmark(
     method: str = "plaid",
     split: str = "test",
     work_dir: Path | None = None,
+    server_args: list[str] | None = None,
 ) -> dict:
     from tessera.client import Client
     from tessera.datasets import load_beir
@@ -209,9 +151,13 @@ def run_service_benchmark(
     encoder = load_encoder(model)
     folder = indexed_data_dir(data, model, doc_backend, root, encoder)
 
-    server = ServerProcess(folder, query_backend, doc_backend, threads, root / "server.log")
+    serve_args = ["--query-backend", query_backend, "--doc-backend", doc_backend, "--log-format", "text"]
+    if threads:
+        serve_args += ["--encoder-threads", str(threads)]
+    serve_args += list(server_args or [])
+    server = ServerProcess(folder, root / "server.log", extra_args=serve_args, metrics=True)
     try:
-        server.wait_ready()
+        server.start(300.0)
         with Client(server.target, timeout=30.0) as client:
             for t in texts[:10]:  # warm up: first calls, caches
                 client.search(COLLECTION, t, k=k, method=method)
@@ -232,6 +178,7 @@ def run_service_benchmark(
         "meta": {
             "model": model, "data": str(data), "queries": len(texts), "k": k, "method": method,
             "query_backend": encoder.backend_name("queries"), "doc_backend": doc_backend, "threads": threads,
+            "server_args": list(server_args or []),
             "docs": len(ds.corpus), "data_dir": str(folder),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },

@@ -67,11 +67,15 @@ def register(subparsers) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker threads for encoding and search (default: 2 per CPU core, at most 16)",
+        help="worker threads for encoding and search (default: one per CPU core, 2 to 16)",
     )
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight calls on SIGTERM")
     p.add_argument(
-        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of each search (default 1: concurrent searches use the cores; more "
+        "helps only a server with few, heavy queries)",
     )
     p.add_argument("--query-batch", type=int, default=32, help="most queries encoded in one micro-batch")
     add_backend_argument(p, default="auto", flag="--query-backend", what="query encoding")
@@ -133,6 +137,8 @@ def _register_bench(subparsers) -> None:
     b.add_argument("--encoder-threads", type=int, default=None, help="intra-op threads of the encoder backends")
     b.add_argument("--work-dir", type=Path, default=None,
                    help="where indexed data dirs are kept (default: ~/.cache/tessera/bench-service)")
+    b.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra `tessera serve` argument (repeat; e.g. --server-arg=--workers --server-arg=2)")
     b.add_argument("--json", action="store_true", help="print the report as one JSON object (the last line)")
     b.set_defaults(func=_bench_service)
 
@@ -151,6 +157,7 @@ def _bench_service(args: argparse.Namespace) -> int:
         method=args.method,
         split=args.split,
         work_dir=args.work_dir,
+        server_args=args.server_arg,
     )
     print(format_report(report))
     if args.json:

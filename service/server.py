@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    """Worker threads: 2 per CPU core this process may use, at most 16. Searches are CPU-bound, and
-    more of them at once than the cores can run only makes every one slower (past capacity, slower
-    than its deadline)."""
+    """Worker threads: one per CPU core this process may use (at least 2, at most 16). Searches are
+    CPU-bound and run one torch thread each (``tessera serve --torch-threads``, default 1): more of them
+    at once than the cores can run only makes every one slower (measured: docs/benchmarks.md, load)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
         cores = os.cpu_count() or 1
-    return max(2, min(16, 2 * cores))
+    return max(2, min(16, cores))
 
 
 @dataclass

@@ -9,10 +9,6 @@ Run it again and the unchanged passages are not re-encoded.
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,54 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
     p.add_argument("query", nargs="*", help="questions to ask (default: three built-in ones)")
     p.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """``tessera serve`` in a child process; its log goes to DATA_DIR/server.log."""
-
-    def __init__(self, data_dir: Path, timeout: float) -> None:
-        self.port = _free_port()
-        self.log_path = data_dir / "server.log"
-        self._log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "tessera.cli", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
-        cmd += ["--log-format", "text"]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        self.target = f"127.0.0.1:{self.port}"
-        self._wait(timeout)
-
-    def _wait(self, timeout: float) -> None:
-        from tessera.client import Client, ServiceError
-
-        deadline = time.monotonic() + timeout
-        with Client(self.target, timeout=2.0, max_retries=0) as probe:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    if probe.health(timeout=1.0) == "SERVING":
-                        return
-                except ServiceError:
-                    pass
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the server did not start within {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 def _documents():
@@ -121,6 +69,7 @@ def _run_job(client, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tessera.client import Client
+    from tessera.service.process import ServerProcess
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"starting `tessera serve --data-dir {data_dir}` ...", flush=True)
     t0 = time.perf_counter()
-    server = _Server(data_dir, args.startup_timeout)
-    print(f"serving on {server.target} (pid {server.proc.pid}) after {time.perf_counter() - t0:.1f}s")
+    server = ServerProcess(data_dir, data_dir / "server.log", extra_args=["--log-format", "text"])
+    server.start(args.startup_timeout)
+    print(f"serving on {server.target} (pid {server.pid}) after {time.perf_counter() - t0:.1f}s")
     try:
         with Client(server.target, timeout=300.0) as client:
             _run_job(client, args)

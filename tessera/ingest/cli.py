@@ -40,6 +40,8 @@ Other actions: `tessera index build|info|search` (a bare index folder, no collec
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    from tessera.training.runtime import add_backend_argument
+
     g = p.add_argument_group("batch indexing job (with --corpus)")
     g.add_argument("--corpus", type=Path, metavar="PATH", help="corpus file (or a BEIR folder holding corpus.jsonl)")
     g.add_argument("--collection", "-c", metavar="NAME", help="collection to write to (created when missing)")
@@ -100,6 +102,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         help="index setting of a new collection (repeatable), e.g. max_segments=16 or auto_retrain=false",
     )
     g.add_argument("--device", default="cpu", help="torch device for encoding (cpu, cuda)")
+    add_backend_argument(g, default="auto", what="document encoding with --data-dir or --ray")
     g.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
     g.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"), help="with --server (or TESSERA_API_KEY)")
     g.add_argument("--tls", action="store_true", help="connect to --server with TLS")
@@ -183,6 +186,8 @@ def run_job(args: argparse.Namespace) -> int:
             db_url=args.db,
             device=args.device,
             encode_batch=args.encode_batch,
+            backend=args.backend,
+            threads=args.torch_threads,
         )
         root = Path(sink.target) / "jobs"
     try:
@@ -204,8 +209,10 @@ def run_job(args: argparse.Namespace) -> int:
                 encode_batch=args.encode_batch,
                 shard_bytes=max(1, int(args.ray_shard_mb * (1 << 20))),
                 device=None if args.device == "cpu" else args.device,
+                backend=args.backend,
             )
         summary = Job(opts, sink, items).run()
+        summary["encoder_backend"] = "ray: " + args.backend if args.ray else getattr(sink, "encoder_backend", None)
     finally:
         sink.close()
     if args.json:

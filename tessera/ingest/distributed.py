@@ -115,14 +115,14 @@ def _read_shards(batch: dict, corpus: Corpus, rows_per_block: int) -> Iterator:
 class _EncodeActor:
     """Ray Data actor: loads the model once, adds vectors, token ids and a truncation flag to each row."""
 
-    def __init__(self, model: str, device: str, threads: int, batch_size: int) -> None:
+    def __init__(self, model: str, device: str, threads: int, batch_size: int, backend: str = "torch") -> None:
         import torch
 
         from tessera.ingest.encoding import load_document_encoder
 
         if device == "cpu" and threads > 0:
             torch.set_num_threads(threads)
-        self.encoder = load_document_encoder(model, device, batch_size)
+        self.encoder = load_document_encoder(model, device, batch_size, backend, threads if device == "cpu" else None)
 
     def __call__(self, table):
         import pyarrow as pa
@@ -161,6 +161,7 @@ def ray_records(
     encode_batch: int = 32,
     shard_bytes: int = 64 << 20,
     device: str | None = None,
+    backend: str = "torch",
 ) -> Iterator[Record | Bad]:
     """The corpus from ``start`` as records carrying their encodings, in file order."""
     ray = import_ray()
@@ -174,13 +175,13 @@ def ray_records(
             raise TesseraError(f"cannot start or reach {where}: {exc}") from None
         started = True
     try:
-        yield from _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_bytes, device)
+        yield from _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_bytes, device, backend)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_bytes, device):
+def _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_bytes, device, backend):
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
@@ -211,7 +212,7 @@ def _run(ray, corpus, start, model, actors, actor_cpus, encode_batch, shard_byte
     )
     ds = ds.map_batches(
         _EncodeActor,
-        fn_constructor_args=(model, device, threads, encode_batch),
+        fn_constructor_args=(model, device, threads, encode_batch, backend),
         batch_size=block,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),

@@ -39,8 +39,15 @@ class DocumentEncoder:
         return flags
 
 
-def load_document_encoder(spec: str, device: str = "cpu", batch_size: int = 32) -> DocumentEncoder:
-    """Load a model by name, folder or hub id (ModelError when it cannot be resolved)."""
+def load_document_encoder(
+    spec: str, device: str = "cpu", batch_size: int = 32, backend: str = "torch", threads: int | None = None
+) -> DocumentEncoder:
+    """Load a model by name, folder or hub id (ModelError when it cannot be resolved), encoding documents
+    with ``backend`` (see ``tessera.training.runtime.use_backend``; ``auto`` falls back to torch)."""
     from tessera.training.checkpoints import load_encoder
+    from tessera.training.runtime import use_backend
 
-    return DocumentEncoder(load_encoder(spec, device), batch_size)
+    encoder = load_encoder(spec, device)
+    if backend != "torch":
+        use_backend(encoder, backend, threads, queries=False)
+    return DocumentEncoder(encoder, batch_size)

@@ -296,7 +296,8 @@ def format_summary(s: dict) -> str:
     )
     vec = "unknown (encoded by the server)" if s["vectors"] is None else str(s["vectors"])
     trunc = "not counted" if s["truncated"] is None else str(s["truncated"])
-    lines.append(f"  vectors encoded: {vec}; truncated at the model's doc_maxlen: {trunc}")
+    how = f" ({s['encoder_backend']})" if s.get("encoder_backend") else ""
+    lines.append(f"  vectors encoded{how}: {vec}; truncated at the model's doc_maxlen: {trunc}")
     lines.append(f"  read: {s['read']} lines, {s['bytes']} bytes of input, {s['text_bytes']} bytes of text")
     sk = s["skipped"]
     lines.append(

@@ -79,6 +79,8 @@ class LocalSink:
         db_url: str | None = None,
         device: str = "cpu",
         encode_batch: int = 32,
+        backend: str = "torch",
+        threads: int | None = None,
     ) -> None:
         from tessera.service.engine import Engine
         from tessera.service.limits import Limits
@@ -90,6 +92,8 @@ class LocalSink:
         self.engine = Engine(data_dir, db_url, limits=limits, device=device)
         self.device = device
         self.encode_batch = encode_batch
+        self.backend = backend
+        self.threads = threads
         self._encoder: DocumentEncoder | None = None
         try:
             self.info = self._ensure(settings)
@@ -101,8 +105,15 @@ class LocalSink:
     def encoder(self) -> DocumentEncoder:
         """The collection's model, loaded on first use (a complete job never needs it)."""
         if self._encoder is None:
-            self._encoder = load_document_encoder(self.info.model, self.device, self.encode_batch)
+            self._encoder = load_document_encoder(
+                self.info.model, self.device, self.encode_batch, self.backend, self.threads
+            )
         return self._encoder
+
+    @property
+    def encoder_backend(self) -> str | None:
+        """The backend that encoded this run's documents (None when nothing was encoded here)."""
+        return self._encoder.encoder.backend_name("documents") if self._encoder is not None else None
 
     def _ensure(self, settings: CollectionSettings) -> CollectionInfo:
         try:

@@ -44,8 +44,10 @@ def test_beir_into_a_data_dir_then_served(tmp_path, docs, tiny_model_dir, capsys
     corpus = write_beir(tmp_path / "corpus.jsonl", docs)
     data = tmp_path / "data"
     args = ["--corpus", str(corpus), "-c", "c", "--model", str(tiny_model_dir), "--data-dir", str(data)]
-    code, s, _ = _run(capsys, *args, "--buffer", "32", "--index-setting", "keep_vectors=true", "--json", *FAST)
-    assert code == 0
+    code, s, _ = _run(
+        capsys, *args, "--buffer", "32", "--index-setting", "keep_vectors=true", "--backend", "torch", "--json", *FAST
+    )
+    assert code == 0 and s["encoder_backend"] == "torch"
     assert s["documents"] == s["inserted"] == s["read"] == len(docs) and s["complete"] and not s["resumed"]
     assert s["skipped_total"] == 0 and s["format"] == "beir" and s["bytes"] == corpus.stat().st_size
     # vectors: exactly what the model gives for the BEIR "title text"
@@ -86,6 +88,33 @@ def test_beir_into_a_data_dir_then_served(tmp_path, docs, tiny_model_dir, capsys
             assert len(c.search("c", "protein", k=3).hits) == 3
     finally:
         srv.stop()
+
+
+def test_onnx_backends(tmp_path, docs, tiny_model_dir, capsys, monkeypatch):
+    """--backend picks the document encoder: ONNX Runtime fp32 gives the torch vectors, and the default
+    (auto) is int8 ONNX where onnxruntime is installed; a bad spec fails before anything is written."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TESSERA_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = write_beir(tmp_path / "corpus.jsonl", docs[:40])
+    enc = load_encoder(str(tiny_model_dir))
+    texts = [d["text"] for d in docs[:40]]
+    ids = [d["id"] for d in docs[:40]]
+    packed = enc.encode_documents(texts, progress=False)
+    q = enc.encode_queries(["protein expression"])[0]
+    ref = {d: (q.float() @ packed.doc(i).float().T).max(dim=1).values.sum().item() for i, d in enumerate(ids)}
+    for backend, tol in (("onnx", 1e-2), (None, 0.5)):
+        data = tmp_path / f"data-{backend}"
+        args = ["--corpus", str(corpus), "-c", "c", "--model", str(tiny_model_dir), "--data-dir", str(data)]
+        more = ["--backend", backend] if backend else []
+        code, s, err = _run(capsys, *args, *more, "--index-setting", "keep_vectors=true", "--json", *FAST)
+        assert code == 0, err
+        assert s["encoder_backend"] == (backend or "onnx-int8") and s["vectors"] == int(packed.lengths.sum())
+        with Client.local(data) as c:
+            hits = c.rerank("c", q, ids=list(ref))
+            for h in hits:
+                assert h.score == pytest.approx(ref[h.id], abs=tol)
+    code, _, err = _run(capsys, *args, "--backend", "tensorrt", "--restart", *FAST)
+    assert code != 0 and "unknown encoder backend" in err
 
 
 def test_to_a_server_with_bulk_upsert(tmp_path, docs, tiny_model_dir, capsys):

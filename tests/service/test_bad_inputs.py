@@ -2,9 +2,15 @@
 with the status code it must get and the request field the message must name.
 
     pytest tests/service/test_bad_inputs.py -v     # prints the table
+    TESSERA_UPDATE_DOCS=1 pytest tests/service/test_bad_inputs.py    # rewrites docs/errors.md
+
+docs/errors.md holds the table with the message each case got; a test fails when it misses a case.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +26,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 LIMITS = Limits(max_k=100, max_batch_documents=20, max_batch_queries=4, max_ids=50, max_rerank_candidates=10)
 MAX_MESSAGE = 256 * 1024
+ERRORS_DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+GOT: dict[str, tuple[str, str, str]] = {}  # case -> (rpc, status, message), filled as the cases run
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +351,7 @@ def test_bad_input(channel, tiny_model_dir, case, rpc, request_, code, field):
     assert err.code() == code, f"{case}: {err.code()} {err.details()}"
     assert err.details().startswith(f"{field}:"), f"{case}: {err.details()!r} does not name {field!r}"
     assert "Traceback" not in err.details()
+    GOT[case] = (rpc, err.code().name, err.details())
 
 
 def _raw(channel, rpc: str, payload: bytes):
@@ -406,11 +415,13 @@ def test_invalid_utf8_names_the_field(channel, case, rpc, build, field):
     err = _raw(channel, rpc, msg.SerializeToString())
     assert err.code() == INVALID, err.details()
     assert err.details().startswith(field) and "UTF-8" in err.details(), err.details()
+    GOT[case] = (rpc, err.code().name, err.details())
 
 
 def test_unparseable_request_bytes(channel):
     err = _raw(channel, "Search", b"\xff\xff\xff\xff")
     assert err.code() == INVALID and "could not be parsed" in err.details()
+    GOT["unparseable request bytes"] = ("Search", err.code().name, err.details())
 
 
 def test_oversized_message_is_refused(channel):
@@ -419,6 +430,7 @@ def test_oversized_message_is_refused(channel):
     with pytest.raises(grpc.RpcError) as info:
         stub.Upsert(req, timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    GOT["message over --max-message-mb"] = ("Upsert", info.value.code().name, info.value.details())
 
 
 def test_bulk_upsert_stream_errors_name_the_message(channel):
@@ -439,3 +451,27 @@ def test_descriptor_pool_is_not_polluted():
         pb.SearchRequest.FromString(
             _shadow_message("tessera.v1.SearchRequest")(collection=b"\xff").SerializeToString()
         )
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def test_errors_doc_lists_every_case():
+    """docs/errors.md has a row per case with the status it gets (TESSERA_UPDATE_DOCS=1 rewrites it from
+    this run's replies; run the whole module then)."""
+    expected = {c[0]: c[3].name for c in CASES}
+    if os.environ.get("TESSERA_UPDATE_DOCS"):
+        rows = [
+            f"| {_cell(case)} | {rpc} | {code} | `{_cell(msg)}` |" for case, (rpc, code, msg) in GOT.items()
+        ]
+        head = ERRORS_DOC.read_text().split("<!-- table -->")[0] if ERRORS_DOC.exists() else "# Errors\n\n"
+        ERRORS_DOC.write_text(
+            head + "<!-- table -->\n| bad input | RPC | status | message the client got |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n"
+        )
+    text = ERRORS_DOC.read_text()
+    for case, code in expected.items():
+        assert f"| {_cell(case)} |" in text and code in text, f"docs/errors.md lacks {case!r} ({code})"
+        row = next(line for line in text.splitlines() if line.startswith(f"| {_cell(case)} |"))
+        assert f"| {code} |" in row, f"docs/errors.md: {case!r} should be {code}: {row}"
