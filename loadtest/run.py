@@ -231,7 +231,8 @@ def _check_locust() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Index if needed, load the server (each step), stop it, report; non-zero when anything failed."""
-    from tessera.loadtest.server import ResourceSampler, ServerProcess
+    from tessera.loadtest.server import ResourceSampler
+    from tessera.service.process import ServerProcess
 
     _check_locust()
     if args.users < 1:

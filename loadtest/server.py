@@ -1,6 +1,5 @@
-"""Load-test helpers around a ``tessera serve`` child process: its memory and CPU sampled to a CSV.
-
-The process itself is ``tessera.service.process.ServerProcess`` (re-exported here)."""
+"""Load-test helpers around a ``tessera serve`` child process (``tessera.service.process.ServerProcess``):
+its memory and CPU sampled to a CSV."""
 
 from __future__ import annotations
 
@@ -9,10 +8,6 @@ import os
 import threading
 import time
 from pathlib import Path
-
-from tessera.service.process import ServerProcess, free_port
-
-__all__ = ["ResourceSampler", "ServerProcess", "cpu_seconds", "free_port", "rss_mb"]
 
 
 def rss_mb(pid: int) -> float | None:

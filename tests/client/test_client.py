@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import threading
 import time
 
@@ -16,6 +15,7 @@ from service_helpers import make_docs, start_server
 from tessera.cli import main
 from tessera.client import AsyncClient, Client, NotFound, Unavailable
 from tessera.client import channel as channel_mod
+from tessera.service.process import free_port
 
 DOCS = make_docs(60)
 QUERIES = ["protein expression in cancer", DOCS[9]["text"], "dog and cat"]
@@ -123,12 +123,6 @@ def test_async_client_remote_and_local(server, tmp_path, tiny_model_dir):
     assert remote_out[0].inserted == 30 and remote_out[5] == 29 and remote_out[6] == ["a"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_retries_on_unavailable_only_for_idempotent_calls(monkeypatch, tmp_path, tiny_model_dir):
     pauses: list[float] = []
     real_delay = channel_mod.Connection.delay
@@ -138,7 +132,7 @@ def test_retries_on_unavailable_only_for_idempotent_calls(monkeypatch, tmp_path,
         return real_delay(self, attempt)
 
     monkeypatch.setattr(channel_mod.Connection, "delay", recording_delay)
-    port = _free_port()
+    port = free_port()
     with Client(f"127.0.0.1:{port}", max_retries=3, backoff_s=0.01, timeout=10) as c:
         with pytest.raises(Unavailable):
             c.search("c", "query")  # idempotent: tried 1 + 3 times
