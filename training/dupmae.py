@@ -19,7 +19,7 @@ by inner product. Fine-tune it with ``--objective dense`` (contrastive, in-batch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -45,6 +45,16 @@ def bow_vector(pooled: torch.Tensor, topk: int, buckets: int) -> torch.Tensor:
     top = values.topk(min(topk, values.shape[1]), dim=1)
     out = torch.zeros(values.shape[0], buckets, dtype=values.dtype, device=values.device)
     return out.scatter_add(1, hash_buckets(top.indices, buckets), top.values)
+
+
+def split_head(head: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
+    """A masked-LM head as (transform, vocabulary decoder), for BERT- and RoBERTa-style heads; else None."""
+    pred = getattr(head, "predictions", None)  # BertOnlyMLMHead
+    if pred is not None and isinstance(getattr(pred, "decoder", None), nn.Linear) and hasattr(pred, "transform"):
+        return pred.transform, pred.decoder
+    if all(isinstance(getattr(head, n, None), nn.Module) for n in ("dense", "layer_norm", "decoder")):  # RoBERTa
+        return (lambda x: head.layer_norm(F.gelu(head.dense(x)))), head.decoder
+    return None
 
 
 def max_pool(logits: torch.Tensor, ordinary: torch.Tensor) -> torch.Tensor:
@@ -160,10 +170,45 @@ class DupMAEModel(nn.Module):
         cls = self.linear(hidden[:, 0]).float()
         if self.bow_dim <= 0:
             return cls
-        head = self.head()
-        pooled = torch.cat([max_pool(head(hidden[i : i + chunk]).float(), ordinary[i : i + chunk])
-                            for i in range(0, hidden.shape[0], chunk)])
-        return torch.cat([cls, bow_vector(pooled, self.bow_topk, self.bow_dim)], dim=1)
+        split = split_head(self.head())
+        if torch.is_grad_enabled() and hidden.requires_grad and split is not None:
+            bow = self._bow_selected(hidden, ordinary, chunk, *split)
+        else:
+            head = self.head()
+            pooled = torch.cat([max_pool(head(hidden[i : i + chunk]).float(), ordinary[i : i + chunk])
+                                for i in range(0, hidden.shape[0], chunk)])
+            bow = bow_vector(pooled, self.bow_topk, self.bow_dim)
+        return torch.cat([cls, bow], dim=1)
+
+    def _bow_selected(self, hidden: torch.Tensor, ordinary: torch.Tensor, chunk: int,
+                      transform: Callable[[torch.Tensor], torch.Tensor], decoder: nn.Linear) -> torch.Tensor:
+        """``bow_vector(max_pool(head(hidden)))`` with the same value and gradient at a fraction of the cost.
+
+        Max-pooling and top-k keep one (position, vocabulary id) logit per kept entry and the gradient
+        reaches only those. So the full [B, L, V] logits are computed without autograd, only to find the
+        ``bow_topk`` winners, and just those B x topk logits are recomputed with it (ties aside).
+        """
+        with torch.no_grad():
+            head = self.head()
+            best, where = [], []
+            for i in range(0, hidden.shape[0], chunk):
+                logits = head(hidden[i : i + chunk]).float()
+                top = logits.masked_fill(~ordinary[i : i + chunk, :, None], float("-inf")).max(1)
+                best.append(top.values)
+                where.append(top.indices)
+            pooled, position = torch.cat(best), torch.cat(where)
+            has_any = ordinary.any(1)
+            pooled = pooled.masked_fill(~has_any[:, None], 0.0)
+            vocab_ids = torch.log1p(torch.relu(pooled)).topk(min(self.bow_topk, pooled.shape[1]), dim=1).indices
+            rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+            chosen = position[rows, vocab_ids]  # [B, k] positions
+        states = transform(hidden[rows, chosen])  # [B, k, H]
+        logit = (states * decoder.weight[vocab_ids]).sum(-1)
+        if decoder.bias is not None:
+            logit = logit + decoder.bias[vocab_ids]
+        values = torch.log1p(torch.relu(logit.float())).masked_fill(~has_any[:, None], 0.0)
+        out = torch.zeros(hidden.shape[0], self.bow_dim, dtype=values.dtype, device=values.device)
+        return out.scatter_add(1, hash_buckets(vocab_ids, self.bow_dim), values)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, ordinary: torch.Tensor) -> torch.Tensor:
         return self.represent(self.encode_hidden(ids, mask), ordinary)

@@ -23,6 +23,7 @@ from tessera.training.dupmae import (
     masked_lm_loss,
     max_pool,
     mlm_mask,
+    split_head,
 )
 from tessera.training.objectives import Batch
 from tessera.training.pairs import Example
@@ -98,6 +99,56 @@ def test_max_pool_only_over_ordinary_positions():
         pos = ordinary[b].nonzero().flatten()
         torch.testing.assert_close(pooled[b], logits[b, pos].max(0).values)
     assert (pooled[2] == 0).all()
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_split_head_reproduces_the_head(arch):
+    from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = BertForMaskedLM(BertConfig(**kw)) if arch == "bert" else RobertaForMaskedLM(RobertaConfig(**kw))
+    head = model.cls if arch == "bert" else model.lm_head
+    with torch.no_grad():  # a non-zero bias, so a dropped bias would show
+        head.get_parameter("decoder.bias" if arch == "roberta" else "predictions.decoder.bias").normal_()
+    transform, decoder = split_head(head)
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(decoder(transform(x)), head(x))
+
+
+def test_selected_bow_has_the_full_heads_value_and_gradient(dense):
+    """Training recomputes only the top-k winning logits with autograd; value and gradients must match
+    the obvious path through the full [B, L, V] logits."""
+    model = dense.model
+    assert split_head(model.head()) is not None  # else the fast path is not under test
+    ids, mask = dense.tokenize_documents(TEXTS)
+    ordinary = dense.ordinary_mask(ids, mask)
+    ordinary[1] = False  # a row without ordinary tokens
+    with torch.no_grad():
+        hidden = model.encode_hidden(ids, mask)
+    weights = torch.randn(len(TEXTS), model.linear.out_features + model.bow_dim,
+                          generator=torch.Generator().manual_seed(0))
+
+    def run(fast: bool):
+        model.zero_grad()
+        h = hidden.clone().requires_grad_(True)
+        if fast:
+            out = model.represent(h, ordinary, chunk=2)
+        else:
+            pooled = max_pool(model.head()(h).float(), ordinary)
+            out = torch.cat([model.linear(h[:, 0]), bow_vector(pooled, model.bow_topk, model.bow_dim)], 1)
+        (out * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.head().named_parameters() if p.grad is not None}
+        return out.detach(), h.grad, grads
+
+    out_fast, h_fast, g_fast = run(True)
+    out_ref, h_ref, g_ref = run(False)
+    assert (out_ref[:, model.linear.out_features :] != 0).any()
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_fast, h_ref, rtol=1e-4, atol=1e-6)
+    assert g_fast.keys() == g_ref.keys() and g_ref
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6)
 
 
 def test_encoder_masking_touches_only_ordinary_tokens_at_the_rate():
