@@ -193,18 +193,6 @@ class Segment:
             self.cache["vector_ivf"] = (offsets, order, docs)
         return self.cache["vector_ivf"]
 
-    def doc_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distinct centroids of each document (CSR: offsets [N+1], centroid ids int32), cached: the
-        inverted lists transposed. Centroid-only MaxSim needs only these (about a third of the tokens)."""
-        if "doc_codes" not in self.cache:
-            counts = self.ivf_offsets[1:] - self.ivf_offsets[:-1]
-            cent = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
-            order = torch.argsort(self.ivf_docs, stable=True)
-            per_doc = torch.bincount(self.ivf_docs.long(), minlength=self.n_docs)
-            offsets = torch.nn.functional.pad(torch.cumsum(per_doc, 0), (1, 0))
-            self.cache["doc_codes"] = (offsets, cent[order].to(torch.int32))
-        return self.cache["doc_codes"]
-
     def doc_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Local document of each vector position."""
         return torch.searchsorted(self.offsets, positions.to(self.device), right=True) - 1
