@@ -104,19 +104,26 @@ def new_encoder(config: EncoderConfig, device: str = "cpu") -> Encoder:
     return build_encoder(backbone, tokenizer, config, device=device)
 
 
-def save_checkpoint(encoder: Encoder, path: str | Path, adapter: dict | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(encoder: Encoder, path: str | Path, adapter: dict | None = None, extra: dict | None = None,
+                    base_adapters: list[dict] | None = None) -> Path:
     """Save in Tessera's format. With ``adapter`` ({"config": {...}, "tensors": {...}}) only the
-    projection and the LoRA tensors are written and the backbone is stored as a reference."""
+    projection and the LoRA tensors are written and the backbone is stored as a reference.
+    ``base_adapters`` (same form) are merged into the referenced backbone, in order, before ``adapter``:
+    the lineage of a LoRA run started from another LoRA checkpoint (see ``adapter_lineage``)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    base_adapters = list(base_adapters or []) if adapter else []
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "encoder": encoder.config.to_dict(),
         "backbone": {"source": "reference" if adapter else "embedded", "name": encoder.config.backbone},
         "adapter": adapter["config"] if adapter else None,
+        **({"base_adapters": [a["config"] for a in base_adapters]} if base_adapters else {}),
         **(extra or {}),
     }
+    for i, base in enumerate(base_adapters):
+        save_file({k: v.contiguous() for k, v in base["tensors"].items()}, str(out / f"adapter-base-{i}.safetensors"))
     linear = encoder.model.linear.weight.detach().cpu().contiguous()
     if adapter:
         save_file({"weight": linear.half() if adapter.get("fp16") else linear}, str(out / "projection.safetensors"))
@@ -146,8 +153,9 @@ def _load_tessera(path: Path, device: str) -> Encoder:
     source = meta.get("backbone", {}).get("source", "embedded")
     backbone, tokenizer = load_backbone(str(path / "backbone") if source == "embedded" else config.backbone,
                                         masked_lm=config.kind == "dupmae")
-    if meta.get("adapter"):
-        backbone = merge_lora(backbone, meta["adapter"], load_file(str(path / "adapter.safetensors")))
+    if source != "embedded":
+        for adapter in _adapters(path, meta):
+            backbone = merge_lora(backbone, adapter["config"], adapter["tensors"])
     encoder = build_encoder(backbone, tokenizer, config, device=device)
     model = encoder.model
     weight = load_file(str(path / "projection.safetensors"))["weight"].float()
@@ -162,6 +170,33 @@ def _load_tessera(path: Path, device: str) -> Encoder:
         load_extra(load_file(str(path / "extra.safetensors")))
     model.eval()
     return encoder
+
+
+def _adapters(path: Path, meta: dict) -> list[dict]:
+    """A reference checkpoint's LoRA adapters in the order they are merged: base adapters, then its own."""
+    chain = []
+    for i, cfg in enumerate(meta.get("base_adapters") or []):
+        file = path / f"adapter-base-{i}.safetensors"
+        if not file.is_file():
+            raise ModelError(f"{path}: {file.name} is missing")
+        chain.append({"config": cfg, "tensors": load_file(str(file))})
+    if meta.get("adapter"):
+        chain.append({"config": meta["adapter"], "tensors": load_file(str(path / "adapter.safetensors"))})
+    return chain
+
+
+def adapter_lineage(spec: str) -> list[dict] | None:
+    """What a LoRA run started from ``spec`` must save beside its own adapter: the adapters that turn the
+    referenced backbone into ``spec``'s weights, in order (empty for a plain backbone). None when ``spec``
+    holds backbone weights of its own (an embedded Tessera checkpoint, Stanford or PyLate layouts): such
+    a run must save its backbone whole."""
+    path = _checkpoint_dir(spec)
+    if not (path / "tessera.json").is_file():
+        return None
+    meta = json.loads((path / "tessera.json").read_text())
+    if meta.get("backbone", {}).get("source", "embedded") == "embedded":
+        return None
+    return _adapters(path, meta)
 
 
 def merge_lora(backbone, adapter_config: dict, tensors: dict[str, torch.Tensor]):
@@ -188,8 +223,18 @@ def load_encoder(spec: str, device: str = "cpu") -> Encoder:
 
     Folders in Tessera's format, the Stanford ColBERT layout and the PyLate layout are recognised.
     """
+    path = _checkpoint_dir(spec)
+    if (path / "tessera.json").is_file():
+        return _load_tessera(path, device)
+    from tessera.training import foreign
+
+    return foreign.load_foreign(path, device)
+
+
+def _checkpoint_dir(spec: str) -> Path:
+    """The folder of a packaged model name, a local folder, or a hub id (downloaded once)."""
     if (PRETRAINED_DIR / spec / "tessera.json").is_file():
-        return _load_tessera(PRETRAINED_DIR / spec, device)
+        return PRETRAINED_DIR / spec
     path = Path(spec).expanduser()
     if not path.exists():
         if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
@@ -202,11 +247,7 @@ def load_encoder(spec: str, device: str = "cpu") -> Encoder:
             )
     if not path.is_dir():
         raise ModelError(f"{path}: a model must be a folder")
-    if (path / "tessera.json").is_file():
-        return _load_tessera(path, device)
-    from tessera.training import foreign
-
-    return foreign.load_foreign(path, device)
+    return path
 
 
 def _download(repo_id: str) -> Path:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tessera.datasets import load_beir, load_corpus
 from tessera.errors import DataError
 from tessera.training import negatives as neg
-from tessera.training.checkpoints import load_encoder, new_encoder, save_checkpoint
+from tessera.training.checkpoints import adapter_lineage, load_encoder, new_encoder, save_checkpoint
 from tessera.training.config import EncoderConfig
 from tessera.training.objectives import OBJECTIVES, Batch, get_objective
 from tessera.training.pairs import CropSource, QrelsSource
@@ -141,6 +141,8 @@ class Trainer:
         # Objectives may shape the model (configure: its EncoderConfig; prepare: convert or check an
         # encoder, build parts of their own such as DupMAE's decoder).
         self.objective = get_objective(c.objective)(**self._objective_kwargs())
+        # LoRA from a LoRA checkpoint: its adapters travel with the new one (else reloading would lose them)
+        self.base_adapters = adapter_lineage(c.init) if c.init and c.lora_rank > 0 else []
         if c.init:
             self.encoder = load_encoder(c.init, device=c.device)
         else:
@@ -328,12 +330,15 @@ class Trainer:
         """Write the final model in Tessera's format to OUT/model."""
         c = self.config
         adapter = None
-        backbone = self.encoder.model.backbone
-        if c.lora_rank > 0:
+        model = self.encoder.model
+        if c.lora_rank > 0 and self.base_adapters is None:
+            # started from a checkpoint with backbone weights of its own: save them whole, LoRA merged in
+            model.backbone = model.backbone.merge_and_unload()
+        elif c.lora_rank > 0:
             from peft import get_peft_model_state_dict
 
-            adapter = {"config": self.lora_config, "tensors": get_peft_model_state_dict(backbone), "fp16": True}
-        path = save_checkpoint(self.encoder, self.out / "model", adapter=adapter,
-                               extra={"training": asdict(c)})
+            adapter = {"config": self.lora_config, "tensors": get_peft_model_state_dict(model.backbone), "fp16": True}
+        path = save_checkpoint(self.encoder, self.out / "model", adapter=adapter, extra={"training": asdict(c)},
+                               base_adapters=self.base_adapters)
         log.info("model written to %s", path)
         return path

@@ -72,6 +72,27 @@ def test_lora_training_saves_a_small_adapter_that_reloads(tmp_path, tiny_bert_di
     torch.testing.assert_close(loaded.encode_queries(q), trainer.encoder.encode_queries(q), atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("first_rank", [4, 0])
+def test_lora_run_from_a_checkpoint_reloads_with_the_weights_it_started_from(tmp_path, tiny_bert_dir, first_rank):
+    """``--init`` of a LoRA run: the saved model must carry the init's adapters (or its whole backbone)."""
+    first = Trainer(config(tmp_path / "a", tiny_bert_dir, lora_rank=first_rank, lora_alpha=8, lr=3e-2,
+                           max_steps=4)).train()
+    trainer = Trainer(config(tmp_path / "b", tiny_bert_dir, lora_rank=4, lora_alpha=8, init=str(first), max_steps=2))
+    path = trainer.train()
+    q = ["cancer cells in mice"]
+    want = trainer.encoder.encode_queries(q)
+    torch.testing.assert_close(load_encoder(str(path)).encode_queries(q), want, atol=2e-3, rtol=1e-3)
+    meta = json.loads((path / "tessera.json").read_text())
+    if first_rank == 0:  # the init had its own backbone weights: saved whole
+        assert (path / "backbone").is_dir() and meta["adapter"] is None
+        return
+    assert len(meta["base_adapters"]) == 1 and (path / "adapter-base-0.safetensors").is_file()
+    # without the carried adapter the model is another one: this test would catch losing it
+    meta.pop("base_adapters")
+    (path / "tessera.json").write_text(json.dumps(meta))
+    assert (load_encoder(str(path)).encode_queries(q) - want).abs().max() > 0.05
+
+
 def test_same_seed_same_model(tmp_path, tiny_bert_dir):
     a = Trainer(config(tmp_path / "a", tiny_bert_dir)).train()
     b = Trainer(config(tmp_path / "b", tiny_bert_dir)).train()
