@@ -50,9 +50,19 @@ def defaults(k: int) -> dict:
     return {**p, "full_rerank": True}
 
 
-def resolve(k: int, params: dict) -> dict:
-    """Defaults by k, the given parameters, and the derived ones (tier_threshold, nfinal)."""
+QUERY_TOKENS = 32  # the query length PLAID's defaults assume (ColBERT pads queries to 32 tokens)
+
+
+def resolve(k: int, params: dict, query_vectors: int | None = None) -> dict:
+    """Defaults by k, the given parameters, and the derived ones (tier_threshold, nfinal).
+
+    A query of fewer than 32 vectors (a clustered model's, e.g. CRISP's 4 or 16 representatives)
+    probes as many cells in all as a 32-token query would: the default ``ncells`` is multiplied by
+    ``ceil(32 / query_vectors)``. An explicit ``ncells`` is kept as given.
+    """
     p = {**defaults(k), **params}
+    if "ncells" not in params and query_vectors and query_vectors < QUERY_TOKENS:
+        p["ncells"] *= -(-QUERY_TOKENS // query_vectors)
     p.setdefault("tier_threshold", p["centroid_score_threshold"] - TIER_GAP)
     p.setdefault("nfinal", max(2 * k, p["ndocs"] // 8))
     return p
@@ -175,7 +185,7 @@ def search(
     query_weights: torch.Tensor | None = None,
     stats: dict | None = None,
 ):
-    p = resolve(k, params)
+    p = resolve(k, params, queries.shape[1])
     stats = stats if stats is not None else {}
     stats["params"] = p
     nq = queries.shape[0]

@@ -18,6 +18,24 @@ def test_plaid_defaults_follow_k():
     assert plaid.resolve(100, {"ndocs": 512})["nfinal"] == 200
 
 
+def test_plaid_probes_as_many_cells_for_a_short_query_as_for_a_32_token_one():
+    # a clustered model's query (CRISP: 4 or 16 representatives) gets ncells x ceil(32 / vectors)
+    assert plaid.resolve(1000, {}, query_vectors=4)["ncells"] == 4 * 8
+    assert plaid.resolve(10, {}, query_vectors=16)["ncells"] == 2
+    assert plaid.resolve(100, {}, query_vectors=5)["ncells"] == 2 * 7
+    assert plaid.resolve(10, {}, query_vectors=32)["ncells"] == 1
+    assert plaid.resolve(10, {}, query_vectors=42)["ncells"] == 1  # PRF's expanded query
+    assert plaid.resolve(1000, {"ncells": 3}, query_vectors=4)["ncells"] == 3  # explicit stays
+
+
+def test_plaid_short_queries_probe_more_cells_in_a_real_search(built, queries):
+    short = queries[:, :4]
+    _, scaled = built.search_with_stats(short, k=10, method="plaid")
+    _, one = built.search_with_stats(short, k=10, method="plaid", params={"ncells": 1})
+    assert scaled["params"]["ncells"] == 8
+    assert scaled["candidates"] > one["candidates"]
+
+
 def test_plaid_recall_against_exact(built, queries, truth):
     exact = built.search(queries, k=10, method="exact")
     hits, stats = built.search_with_stats(queries, k=10, method="plaid")
