@@ -11,12 +11,13 @@ import time
 from concurrent.futures import Executor
 
 from tessera.client import convert
-from tessera.client.errors import InvalidArgument, ResourceExhausted
+from tessera.client.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from tessera.proto.tessera.v1 import tessera_pb2 as pb
 from tessera.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 from tessera.service.engine import Engine
 
 _OPTION_FIELDS = ("k", "method", "params", "filter", "fields")
+MIN_QUEUE_S = 0.005  # a wait shorter than this is thread hand-off, not overload: never refused for it
 
 
 def _rename(exc: InvalidArgument, prefix_options: bool = False, prefix: str = "") -> InvalidArgument:
@@ -37,17 +38,25 @@ class TesseraServicer(pb_grpc.TesseraServicer):
 
     async def _run(self, context, fn, *args, **kwargs):
         """Run an engine call on a worker thread. A call still waiting for a worker after its queue budget
-        (``max_queue_s``, and at most half of the deadline it had left on arrival) is answered
-        RESOURCE_EXHAUSTED without being run: past capacity the server sheds load while the client still
-        listens, instead of working on calls whose clients have timed out."""
+        (``max_queue_s``, and at most half of the deadline it had left on arrival, never under
+        ``MIN_QUEUE_S``) is answered RESOURCE_EXHAUSTED without being run: past capacity the server sheds
+        load while the client still listens, instead of working on calls whose clients have timed out. A
+        call whose deadline passed while it waited is answered DEADLINE_EXCEEDED, also without being run."""
         budget = self.max_queue_s
         remaining = context.time_remaining()
         if remaining is not None:
             budget = remaining / 2 if budget is None else min(budget, remaining / 2)
+        if budget is not None:
+            budget = max(budget, MIN_QUEUE_S)
         queued = time.monotonic()
 
         def call():
             waited = time.monotonic() - queued
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded(
+                    f"the deadline passed after the call waited {waited * 1000:.0f} ms for a worker thread; not run"
+                )
             if budget is not None and waited > budget:
                 raise ResourceExhausted(
                     f"server overloaded: the call waited {waited * 1000:.0f} ms for a worker thread "

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -101,28 +100,50 @@ def test_same_seed_same_model(tmp_path, tiny_bert_dir):
     torch.testing.assert_close(wa, wb)
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_bert_dir):
+# Runs the CLI in a child that SIGKILLs itself at a chosen point of checkpointing, so the kill lands
+# mid-run however fast the machine is: "after-save" right after step 3's state is complete,
+# "between-renames" while step 4's state is swapped in (state moved to state.old, state.tmp not yet renamed).
+_KILLING_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from tessera.training.trainer import Trainer
+point = sys.argv.pop(1)
+save, rename, swapping = Trainer._save_state, Path.rename, []
+def save_state(self, step, pools_name):
+    swapping[:] = [step == 4]
+    save(self, step, pools_name)
+    if point == "after-save" and step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+def path_rename(self, target):
+    if point == "between-renames" and swapping[:1] == [True] and self.name == "state.tmp":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+Trainer._save_state, Path.rename = save_state, path_rename
+from tessera.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("point", ["after-save", "between-renames"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_bert_dir, point):
     full = Trainer(config(tmp_path / "full", tiny_bert_dir, max_steps=6, save_every=1)).train()
     cfg = config(tmp_path / "killed", tiny_bert_dir, max_steps=6, save_every=1)
-    args = [sys.executable, "-m", "tessera.cli", "train", "--out", cfg.out, "--data", cfg.data, "--backbone",
+    args = ["train", "--out", cfg.out, "--data", cfg.data, "--backbone",
             cfg.backbone, "--dim", "16", "--batch-size", "4", "--negatives", "1", "--negatives-from", "bm25",
             "--max-steps", "6", "--save-every", "1", "--lora-rank", "0", "--doc-maxlen", "32",
             "--query-maxlen", "8", "--lr", "1e-3", "--warmup", "0"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    state = Path(cfg.out) / "state" / "trainer_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if state.is_file() and json.loads(state.read_text())["step"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = json.loads(state.read_text())["step"]
-    assert 2 <= step < 6, "the kill must land mid-run"
-    assert subprocess.run(args, capture_output=True).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", _KILLING_CHILD, point, *args], capture_output=True, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    out = Path(cfg.out)
+    left = out / ("state" if point == "after-save" else "state.old") / "trainer_state.json"
+    assert json.loads(left.read_text())["step"] == 3
+    assert not (out / "model" / "projection.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "tessera.cli", *args], capture_output=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert "resuming from step 3" in resumed.stderr.decode()  # a restart from scratch would also match `full`
     wa = load_file(str(full / "projection.safetensors"))["weight"]
-    wb = load_file(str(Path(cfg.out) / "model" / "projection.safetensors"))["weight"]
+    wb = load_file(str(out / "model" / "projection.safetensors"))["weight"]
     torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-5)
 
 
