@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--posthoc-iters", type=int, default=10, help="Lloyd iterations of the post-hoc k-means")
     p.add_argument(
-        "--nbits", type=int, default=2, choices=[1, 2, 4], help="index residual bits (index methods)"
+        "--nbits", type=int, choices=[1, 2, 4],
+        help="index residual bits (index methods; default: 4 for a CRISP model, else 2)"
     )
     p.add_argument("--k", type=int, default=1000, choices=[100, 1000], help="documents retrieved per query")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size")

@@ -48,7 +48,7 @@ def evaluate(
     use_cache: bool = True,
     device: str = "cpu",
     params: dict | None = None,
-    nbits: int = 2,
+    nbits: int | None = None,
     progress: bool | None = None,
     first_stage: str | None = None,
     posthoc: str | None = None,
@@ -119,12 +119,15 @@ def evaluate(
     elif model == "minilm":
         hits, info = _run_single_vector(dataset, _minilm(device, batch_size), k, cache, progress)
     else:
+        from tessera.index.codec import default_nbits
         from tessera.training.checkpoints import load_encoder
         from tessera.training.dupmae import DenseEncoder
         from tessera.training.runtime import use_backend
 
         encoder = load_encoder(model, device)
         use_backend(encoder, backend, threads)
+        if nbits is None:  # by model: cluster representatives (CRISP, or post-hoc clustering) take 4 bits
+            nbits = default_nbits(bool(getattr(encoder.config, "clustered", False)) or spec is not None)
         opts = methods.SearchOptions(k=k, device=device, params=params, nbits=nbits)
         if isinstance(encoder, DenseEncoder):
             if method != "exact" or params or spec is not None:

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--data", type=Path, required=True, help="corpus.jsonl or a BEIR folder holding one")
     b.add_argument("--model", default="default", help="model name, checkpoint folder or hub id")
     b.add_argument("--out", type=Path, required=True, help="new index folder")
-    b.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    b.add_argument(
+        "--nbits", type=int, choices=(1, 2, 4), help="bits per residual (default: 4 for a CRISP model, else 2)"
+    )
     b.add_argument("--keep-vectors", action="store_true", help="also store fp16 originals (exact rerank)")
     b.add_argument("--ncentroids", type=int, help="override the number of centroids")
     b.add_argument("--batch", type=int, default=2048, help="documents encoded and added per batch")
@@ -167,6 +169,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     from tessera.datasets import load_corpus
     from tessera.index import MultiVectorIndex
+    from tessera.index.codec import default_nbits
     from tessera.training.checkpoints import load_encoder
 
     source = args.data / "corpus.jsonl" if args.data.is_dir() else args.data
@@ -175,10 +178,11 @@ def run_build(args: argparse.Namespace) -> int:
     corpus = load_corpus(source)
     ids = list(corpus)
     encoder = load_encoder(args.model)
+    nbits = args.nbits or default_nbits(bool(getattr(encoder.config, "clustered", False)))
     settings = {"ncentroids": args.ncentroids} if args.ncentroids else {}
     t0 = time.perf_counter()
     with MultiVectorIndex.create(
-        args.out, encoder.dim, nbits=args.nbits, keep_vectors=args.keep_vectors, **settings
+        args.out, encoder.dim, nbits=nbits, keep_vectors=args.keep_vectors, **settings
     ) as index:
         for start in range(0, len(ids), args.batch):
             part = ids[start : start + args.batch]

@@ -19,6 +19,14 @@ from tqdm import tqdm
 from tessera.index.kernels import take
 
 SUPPORTED_NBITS = (1, 2, 4)
+DEFAULT_NBITS = 2
+CLUSTERED_NBITS = 4  # cluster representatives (CRISP) lose 1.7-4.7 nDCG@10 points to 2-bit codes, 0.6-2.2 to 4-bit
+
+
+def default_nbits(clustered: bool) -> int:
+    """Residual bits when none are asked for: 4 for a model that stores cluster representatives (few
+    vectors per document, each standing for many tokens), 2 otherwise (docs/benchmarks.md)."""
+    return CLUSTERED_NBITS if clustered else DEFAULT_NBITS
 _CHUNK = 1 << 16  # vectors per assignment / compression block
 _HNSW_WORK = 1 << 33  # vectors x centroids above which assignment uses an HNSW graph ...
 _HNSW_MIN_CENTROIDS = 16384  # ... when there are this many centroids (below, BLAS is faster)

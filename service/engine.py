@@ -52,6 +52,7 @@ from tessera.client.types import (
 )
 from tessera.errors import ModelError, TesseraError
 from tessera.index import MultiVectorIndex
+from tessera.index.codec import default_nbits
 from tessera.packed import PackedDocuments
 from tessera.scoring import maxsim_scores
 from tessera.service import validation as check
@@ -98,6 +99,7 @@ class _EncoderSlot:
     batcher: QueryBatcher
     doc_lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
+    clustered: bool = False  # the model stores cluster representatives (CRISP)
 
 
 @dataclass
@@ -257,7 +259,9 @@ class Engine:
                     name=f"query-encoder-{len(self._encoders)}",
                     on_batch=lambda n, s: self.observer.encoded("query", n, s),
                 )
-                slot = _EncoderSlot(spec, int(enc.dim), q_enc, enc, batcher)
+                slot = _EncoderSlot(
+                    spec, int(enc.dim), q_enc, enc, batcher, clustered=bool(getattr(enc.config, "clustered", False))
+                )
                 self._encoders[spec] = slot
             slot.users += 1
             return slot
@@ -319,8 +323,7 @@ class Engine:
         check.collection_name(name)
         if not isinstance(model, str) or not model.strip():
             raise InvalidArgument("is required (a model name, checkpoint folder or hub id)", field="model")
-        nbits = nbits or 2
-        if nbits not in (1, 2, 4):
+        if nbits and nbits not in (1, 2, 4):
             raise InvalidArgument(f"must be 1, 2 or 4, got {nbits}", field="settings.nbits")
         default_method = default_method or "plaid"
         if default_method not in self.methods:
@@ -339,6 +342,7 @@ class Engine:
             spec = _model_spec(model)
             slot = self._encoder(spec)
             try:
+                nbits = nbits or default_nbits(slot.clustered)  # 0: by model, 4 bits for CRISP models
                 settings = {"nbits": nbits, "default_method": default_method, "index": index_settings}
                 try:
                     self._create_index(None, slot.dim, settings)  # validates the settings

@@ -92,7 +92,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="progress bar on stderr (default: on a terminal)",
     )
-    g.add_argument("--nbits", type=int, default=0, choices=(0, 1, 2, 4), help="bits per residual, new collection")
+    g.add_argument(
+        "--nbits", type=int, default=0, choices=(0, 1, 2, 4),
+        help="bits per residual, new collection (0, the default: 4 for a CRISP model, else 2)",
+    )
     g.add_argument("--ncentroids", type=int, help="number of centroids of a new collection's index")
     g.add_argument(
         "--index-setting",

@@ -155,7 +155,9 @@ def test_crisp_checkpoint_indexes_only_representatives(beir_dir, tmp_path, monke
     packed = enc.encode_documents(TEXTS)
     assert (packed.lengths <= 3).all() and result["doc_vectors"] == int(packed.lengths.sum())
     assert result["query_vectors"] == 2
-    assert result["index_code_bytes"] == result["doc_vectors"] * (4 + 16 * 2 // 8)
+    assert result["index_code_bytes"] == result["doc_vectors"] * (4 + 16 * 4 // 8)  # 4 bits by default
+    two_bit, _ = _run(beir_dir, crisp_checkpoint, tmp_path, monkeypatch, nbits=2)
+    assert two_bit["index_code_bytes"] == result["doc_vectors"] * (4 + 16 * 2 // 8)
     # the index engine serves the representatives as usual: its exact search gives the same scores
     via_index, index_run = _run(beir_dir, crisp_checkpoint, tmp_path, monkeypatch, method="plaid",
                                 params={"ncells": 8, "centroid_score_threshold": -1.0, "ndocs": 100})
@@ -165,7 +167,7 @@ def test_crisp_checkpoint_indexes_only_representatives(beir_dir, tmp_path, monke
         for doc, score in run[qid].items():
             assert score == pytest.approx(float(expected[i, IDS.index(doc)]), abs=2e-3)
             if doc in index_run[qid]:
-                assert index_run[qid][doc] == pytest.approx(score, abs=0.1)  # 2-bit residuals
+                assert index_run[qid][doc] == pytest.approx(score, abs=0.1)  # 4-bit residuals
 
 
 def test_posthoc_clustering_matches_per_document_kmeans(beir_dir, tmp_path, monkeypatch, tiny_checkpoint):
@@ -188,6 +190,9 @@ def test_posthoc_ratio_and_errors(beir_dir, tmp_path, monkeypatch, tiny_checkpoi
     result, _ = _run(beir_dir, tiny_checkpoint, tmp_path, monkeypatch, posthoc="R0.25")
     lengths = load_encoder(str(tiny_checkpoint)).encode_documents(TEXTS).lengths
     assert result["doc_vectors"] == int(torch.ceil(lengths.double() * 0.25).sum())
+    assert result["index_code_bytes"] == result["doc_vectors"] * (4 + 16 * 4 // 8)  # representatives: 4 bits
+    plain, _ = _run(beir_dir, tiny_checkpoint, tmp_path, monkeypatch)
+    assert plain["index_code_bytes"] == plain["doc_vectors"] * (4 + 16 * 2 // 8)
     with pytest.raises(EvalError, match="already a CRISP"):
         evaluate(beir_dir, str(crisp_checkpoint), posthoc="C2x3", use_cache=False)
     with pytest.raises(EvalError, match="exhaustively"):

@@ -95,7 +95,8 @@ def test_index_build_info_search(tmp_path, tiny_encoder, capsys):
     built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert built["documents"] == 30 and built["full_vector_bytes"] > 0
     assert main(["index", "info", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["documents"] == 30
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == 30 and info["nbits"] == 2
     assert (
         main(
             [
@@ -119,3 +120,23 @@ def test_index_build_info_search(tmp_path, tiny_encoder, capsys):
     assert "unknown search method" in capsys.readouterr().err
     assert main(["index", "info", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_index_build_of_a_crisp_model_defaults_to_4_bits(tmp_path, tiny_bert_dir, capsys):
+    import torch
+
+    from tessera.training.checkpoints import new_encoder, save_checkpoint
+    from tessera.training.config import EncoderConfig
+    from tessera.training.crisp import ClusterSpec
+
+    torch.manual_seed(0)
+    cfg = ClusterSpec.parse("C2x4").apply(EncoderConfig(backbone=str(tiny_bert_dir), dim=16, doc_maxlen=32))
+    model = save_checkpoint(new_encoder(cfg), tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"word{i} other text {i}"}) for i in range(12)))
+    for extra, nbits in (([], 4), (["--nbits", "2"], 2)):
+        out = tmp_path / f"idx{nbits}"
+        assert main(["index", "build", "--data", str(corpus), "--model", str(model), "--out", str(out), *extra]) == 0
+        capsys.readouterr()
+        assert main(["index", "info", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["nbits"] == nbits

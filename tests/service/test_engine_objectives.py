@@ -46,6 +46,24 @@ def test_crisp_collection_stores_only_representatives(tmp_path, crisp_model):
         engine.close()
 
 
+def test_nbits_default_by_model(tmp_path, crisp_model, tiny_model_dir):
+    """Cluster representatives get 4-bit residuals unless asked otherwise; token vectors 2."""
+    engine = Engine(tmp_path / "data")
+    try:
+        assert engine.create_collection("crisp", str(crisp_model)).nbits == 4
+        assert engine.create_collection("crisp2", str(crisp_model), nbits=2).nbits == 2
+        assert engine.create_collection("plain", str(tiny_model_dir)).nbits == 2
+        engine.upsert("crisp", DOCS[:10])
+        assert engine._live["crisp"].index.nbits == 4
+    finally:
+        engine.close()
+    engine = Engine(tmp_path / "data")  # the choice is stored, not recomputed
+    try:
+        assert [c.nbits for c in engine.list_collections()] == [4, 2, 2]
+    finally:
+        engine.close()
+
+
 def test_dense_model_is_refused_for_a_collection(tmp_path, tiny_bert_dir):
     torch.manual_seed(4)
     cfg = EncoderConfig(backbone=str(tiny_bert_dir), dim=8, query_maxlen=12, doc_maxlen=32, kind="dupmae",
