@@ -89,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated subset of: " + ", ".join(ALL_METHODS),
     )
     p.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
+    p.add_argument(
+        "--quantizer", default="scalar", choices=("scalar", "pq"), help="residual code (index setting quantizer)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--no-keep-vectors",
@@ -144,6 +147,8 @@ def run_search(args: argparse.Namespace) -> int:
             data.query_ids, data.queries = data.query_ids[: args.queries], data.queries[: args.queries]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     settings = {"ncentroids": args.ncentroids} if args.ncentroids else {}
+    if args.quantizer != "scalar":
+        settings["quantizer"] = args.quantizer
     results = bench.run_benchmark(
         data,
         methods,

@@ -5,6 +5,11 @@ centroid, quantised per dimension to ``nbits`` bits. Per dimension, bucket cut-o
 quantiles at i/2^nbits and reconstruction values are the quantiles at the bucket midpoints. At 2 bits
 and dim 128 a vector costs 4 + 32 = 36 bytes. Decompression uses a lookup table from each packed byte
 to the reconstruction values of the dimensions it holds, so it is one gather per byte.
+
+``quantizer="pq"`` replaces the per-dimension buckets by a product quantiser over the residual with the
+same byte layout: byte j is the id (8 bits) of the nearest of 256 codewords (faiss k-means) for the
+8/nbits dimensions that byte holds, so the size, the lookup table and every search method stay the
+same; only the table's values are learned jointly per sub-vector instead of per dimension.
 """
 
 from __future__ import annotations
@@ -19,19 +24,20 @@ from tqdm import tqdm
 from tessera.index.kernels import take
 
 SUPPORTED_NBITS = (1, 2, 4)
+QUANTIZERS = ("scalar", "pq")  # per-dimension buckets (ColBERTv2) or a product quantiser, same bytes
 DEFAULT_NBITS = 2
 CLUSTERED_NBITS = 4  # cluster representatives (CRISP) lose 1.7-4.7 nDCG@10 points to 2-bit codes, 0.6-2.2 to 4-bit
+_CHUNK = 1 << 16  # vectors per assignment / compression block
+_HNSW_WORK = 1 << 33  # vectors x centroids above which assignment uses an HNSW graph ...
+_HNSW_MIN_CENTROIDS = 16384  # ... when there are this many centroids (below, BLAS is faster)
+
+StopCheck = Callable[[], bool] | None  # polled between k-means iterations and encoding blocks
 
 
 def default_nbits(clustered: bool) -> int:
     """Residual bits when none are asked for: 4 for a model that stores cluster representatives (few
     vectors per document, each standing for many tokens), 2 otherwise (docs/benchmarks.md)."""
     return CLUSTERED_NBITS if clustered else DEFAULT_NBITS
-_CHUNK = 1 << 16  # vectors per assignment / compression block
-_HNSW_WORK = 1 << 33  # vectors x centroids above which assignment uses an HNSW graph ...
-_HNSW_MIN_CENTROIDS = 16384  # ... when there are this many centroids (below, BLAS is faster)
-
-StopCheck = Callable[[], bool] | None  # polled between k-means iterations and encoding blocks
 
 
 class Cancelled(Exception):
@@ -72,7 +78,10 @@ class ResidualCodec:
         normalize: bool,
         train_error: float,
         device: str | torch.device = "cpu",
+        codebooks: torch.Tensor | None = None,
     ) -> None:
+        """``codebooks`` [dim*nbits/8, 256, 8/nbits] makes it a product quantiser (``cutoffs`` and
+        ``weights`` are then unused)."""
         if nbits not in SUPPORTED_NBITS:
             raise ValueError(f"nbits must be one of {SUPPORTED_NBITS}, got {nbits}")
         dim = centroids.shape[1]
@@ -83,6 +92,8 @@ class ResidualCodec:
         self.centroids = centroids.float().contiguous().to(self.device)
         self.cutoffs = cutoffs.float().contiguous()  # [dim, 2^nbits - 1]
         self.weights = weights.float().contiguous()  # [dim, 2^nbits]
+        self.codebooks = None if codebooks is None else codebooks.float().contiguous()  # [B, 256, per]
+        self.quantizer = "scalar" if codebooks is None else "pq"
         self.nbits = nbits
         self.normalize = bool(normalize)
         self.train_error = float(train_error)
@@ -97,6 +108,13 @@ class ResidualCodec:
         buckets = (torch.arange(256)[:, None] >> shifts[None, :]) & ((1 << nbits) - 1)  # [256, per]
         dims = torch.arange(self.bytes_per_vector)[:, None] * per + torch.arange(per)[None, :]  # [B, per]
         lut = self.weights[dims[:, None, :], buckets[None, :, :]]  # [B, 256, per]
+        if self.codebooks is not None:
+            if self.codebooks.shape != (self.bytes_per_vector, 256, per):
+                raise ValueError(
+                    f"codebooks must have shape {(self.bytes_per_vector, 256, per)}, got {tuple(self.codebooks.shape)}"
+                )
+            lut = self.codebooks
+        self._pq = None  # lazily built faiss.ProductQuantizer (encoding with quantizer="pq")
         self._lut = lut.reshape(self.bytes_per_vector * 256, per).to(self.device)
         self._byte_base = (torch.arange(self.bytes_per_vector, dtype=torch.int32) * 256).to(self.device)
         self._shifts = shifts.to(torch.uint8)
@@ -117,13 +135,17 @@ class ResidualCodec:
         seed: int = 0,
         device: str | torch.device = "cpu",
         should_stop: StopCheck = None,
+        quantizer: str = "scalar",
     ) -> ResidualCodec:
-        """Train centroids with faiss k-means on a sample, then residual quantiles on held-out data.
+        """Train centroids with faiss k-means on a sample, then residual quantiles (``quantizer="pq"``:
+        a faiss product quantiser) on held-out data.
 
         With ``should_stop``, k-means runs one iteration per faiss call and the check is polled
         between them (raising ``Cancelled``), so that a background re-training can stop quickly."""
         import faiss
 
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
         n, dim = vectors.shape
         if n == 0:
             raise ValueError("cannot train the index codec on zero vectors")
@@ -161,7 +183,10 @@ class ResidualCodec:
         w_q = (np.arange(levels) + 0.5) / levels
         cutoffs = torch.from_numpy(np.quantile(res, cut_q, axis=0).T.astype(np.float32).copy())
         weights = torch.from_numpy(np.quantile(res, w_q, axis=0).T.astype(np.float32).copy())
-        codec = cls(centroids, cutoffs, weights, nbits, normalize, 0.0)
+        codebooks = None
+        if quantizer == "pq":
+            codebooks = _train_pq(res, coarse.bytes_per_vector, seed)
+        codec = cls(centroids, cutoffs, weights, nbits, normalize, 0.0, codebooks=codebooks)
         codec.train_error = codec.reconstruction_error(held)
         codec.trained_on = n
         return codec.to(device) if torch.device(device).type != "cpu" else codec
@@ -175,6 +200,7 @@ class ResidualCodec:
             self.normalize,
             self.train_error,
             device,
+            self.codebooks,
         )
         moved.trained_on = self.trained_on
         return moved
@@ -217,6 +243,14 @@ class ResidualCodec:
         n = vectors.shape[0]
         codes = self.assign(vectors, should_stop)
         packed = torch.empty(n, self.bytes_per_vector, dtype=torch.uint8)
+        if self.codebooks is not None:
+            pq = self._product_quantizer()
+            for i in range(0, n, _CHUNK):
+                _check(should_stop)
+                v = vectors[i : i + _CHUNK].to(self.device, torch.float32)
+                res = (v - self.centroids[codes[i : i + _CHUNK].to(self.device).long()]).cpu().numpy()
+                packed[i : i + _CHUNK] = torch.from_numpy(pq.compute_codes(np.ascontiguousarray(res)))
+            return codes, packed
         cut = self.cutoffs.to(self.device)
         shifts = self._shifts.to(self.device).long()
         for i in range(0, n, _CHUNK):
@@ -240,6 +274,16 @@ class ResidualCodec:
             out.mul_(torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_())
         return out
 
+    def _product_quantizer(self):
+        """faiss.ProductQuantizer holding ``codebooks`` (for encoding)."""
+        if self._pq is None:
+            import faiss
+
+            pq = faiss.ProductQuantizer(self.dim, self.bytes_per_vector, 8)
+            faiss.copy_array_to_vector(np.ascontiguousarray(self.codebooks.numpy().ravel()), pq.centroids)
+            self._pq = pq
+        return self._pq
+
     def reconstruction_error(self, vectors: torch.Tensor) -> float:
         """Mean squared L2 error of compress+decompress (used to detect drift of new data)."""
         if vectors.shape[0] == 0:
@@ -255,8 +299,11 @@ class ResidualCodec:
             "cutoffs": self.cutoffs.numpy(),
             "weights": self.weights.numpy(),
         }
+        if self.codebooks is not None:
+            arrays["codebooks"] = self.codebooks.numpy()
         meta = {
             "nbits": self.nbits,
+            "quantizer": self.quantizer,
             "normalize": self.normalize,
             "train_error": self.train_error,
             "trained_on": self.trained_on,
@@ -273,6 +320,21 @@ class ResidualCodec:
             bool(meta["normalize"]),
             float(meta["train_error"]),
             device,
+            torch.from_numpy(np.array(arrays["codebooks"])) if meta.get("quantizer", "scalar") == "pq" else None,
         )
         codec.trained_on = int(meta.get("trained_on", 0))
         return codec
+
+
+def _train_pq(residuals: np.ndarray, m: int, seed: int) -> torch.Tensor:
+    """[m, 256, dim/m] codebooks of a faiss product quantiser (m sub-vectors, 8 bits each) trained on
+    ``residuals`` [n, dim] float32."""
+    import faiss
+
+    n, dim = residuals.shape
+    pq = faiss.ProductQuantizer(dim, m, 8)
+    pq.cp.seed = seed
+    pq.cp.min_points_per_centroid = 1  # small corpora: fewer than 256 x 39 residuals is fine, just coarser
+    pq.verbose = False
+    pq.train(np.ascontiguousarray(residuals, dtype=np.float32))
+    return torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(m, 256, dim // m).copy())

@@ -12,12 +12,20 @@ from pathlib import Path
 import torch
 
 from tessera.index import exact
-from tessera.index.codec import Cancelled, ResidualCodec, StopCheck
+from tessera.index.codec import QUANTIZERS, Cancelled, ResidualCodec, StopCheck
 from tessera.index.errors import IndexCorruptError, IndexExistsError
 from tessera.index.kernels import take
 from tessera.index.segment import Segment
 from tessera.index.snapshot import Snapshot
-from tessera.index.storage import MANIFEST, read_arrays, read_manifest, write_arrays, write_manifest
+from tessera.index.storage import (
+    BASE_FORMAT_VERSION,
+    FORMAT_VERSION,
+    MANIFEST,
+    read_arrays,
+    read_manifest,
+    write_arrays,
+    write_manifest,
+)
 from tessera.index.validation import check_documents, check_ids, check_k, check_params, check_queries
 from tessera.packed import PackedDocuments
 
@@ -28,6 +36,7 @@ DEFAULT_SETTINGS: dict = {
     "kmeans_niter": 8,
     "kmeans_points_per_centroid": 32,  # k-means sample size per centroid
     "seed": 0,
+    "quantizer": "scalar",  # residual code: "scalar" (per-dimension buckets, ColBERTv2) or "pq" (same bytes)
     "max_k": 100_000,
     "max_segments": 8,  # more segments than this after an add triggers a merge of the small ones
     "keep_vectors": False,  # also store fp16 originals: exact reranking at +2*dim bytes per vector
@@ -102,6 +111,10 @@ class MultiVectorIndex:
                 f"(known: {', '.join(sorted(DEFAULT_SETTINGS))})"
             )
         merged = {**DEFAULT_SETTINGS, **settings}
+        if merged["quantizer"] not in QUANTIZERS:
+            raise ValueError(
+                f"index setting quantizer must be one of {', '.join(QUANTIZERS)}, got {merged['quantizer']!r}"
+            )
         folder = None
         if path is not None:
             folder = Path(path)
@@ -352,6 +365,7 @@ class MultiVectorIndex:
             s["seed"],
             self.device,
             should_stop,
+            s["quantizer"],
         )
 
     def _new_segment_name(self) -> str:
@@ -653,6 +667,7 @@ class MultiVectorIndex:
                     "next_segment": self._next_segment,
                     "generation": generation,
                 },
+                FORMAT_VERSION if self.settings["quantizer"] == "pq" else BASE_FORMAT_VERSION,
             )
             self._generation = generation
             self._tombstones = tombstones

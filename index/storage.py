@@ -25,7 +25,8 @@ MAGIC = b"TSRARR01"
 ALIGN = 64
 MANIFEST = "manifest.json"
 FORMAT = "tessera-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: product-quantised residuals (quantizer "pq"); other indexes are written as ...
+BASE_FORMAT_VERSION = 1  # ... version 1, which earlier Tessera versions read
 _CHUNK = 1 << 22
 
 
@@ -146,9 +147,10 @@ def _manifest_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(folder: Path, body: dict) -> None:
-    """Atomically replace the manifest (the commit point of every change)."""
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
+def write_manifest(folder: Path, body: dict, version: int = FORMAT_VERSION) -> None:
+    """Atomically replace the manifest (the commit point of every change); ``version`` is the lowest
+    format version that can read the index."""
+    doc = {"format": FORMAT, "format_version": version, **body}
     doc["checksum"] = _manifest_digest(doc)
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     atomic_write_bytes(folder / MANIFEST, [data])

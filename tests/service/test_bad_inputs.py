@@ -320,6 +320,7 @@ CASES = [
     ),
     ("create: existing name", "CreateCollection", "EXISTING", grpc.StatusCode.ALREADY_EXISTS, "name"),
     ("create: unknown index setting", "CreateCollection", "BAD_SETTING", INVALID, "settings.index"),
+    ("create: unknown residual quantizer", "CreateCollection", "BAD_QUANTIZER", INVALID, "settings.index"),
     (
         "describe: unknown collection",
         "DescribeCollection",
@@ -338,6 +339,10 @@ def _special(request, tiny_model_dir):
     if request == "BAD_SETTING":
         req = pb.CreateCollectionRequest(name="x2", model=str(tiny_model_dir))
         req.settings.index["colour"].string_value = "red"
+        return req
+    if request == "BAD_QUANTIZER":
+        req = pb.CreateCollectionRequest(name="x3", model=str(tiny_model_dir))
+        req.settings.index["quantizer"].string_value = "opq"
         return req
     return request
 

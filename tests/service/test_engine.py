@@ -102,6 +102,18 @@ def test_delete_get_and_counts(engine):
     engine.check_consistency("docs")
 
 
+def test_product_quantised_collection(engine, tiny_model_dir):
+    settings = {"quantizer": "pq", "auto_retrain": False}
+    info = engine.create_collection("pq", str(tiny_model_dir), index_settings=settings)
+    assert info.index_settings["quantizer"] == "pq"
+    engine.upsert("pq", DOCS)
+    assert engine._live["pq"].index.snapshot.codec.quantizer == "pq"
+    assert len(engine.search("pq", DOCS[0]["text"], k=3, method="plaid")) == 3
+    with pytest.raises(InvalidArgument, match="quantizer must be one of scalar, pq") as bad:
+        engine.create_collection("bad", str(tiny_model_dir), index_settings={"quantizer": "opq"})
+    assert bad.value.field == "settings.index"
+
+
 def test_collections_create_list_drop(engine, tiny_model_dir):
     with pytest.raises(AlreadyExists):
         engine.create_collection("docs", str(tiny_model_dir))
