@@ -332,6 +332,8 @@ def _train_pq(residuals: np.ndarray, m: int, seed: int) -> torch.Tensor:
     import faiss
 
     n, dim = residuals.shape
+    if n < 256:  # faiss needs a point per codeword: repeat a tiny corpus (its residuals then code exactly)
+        residuals = np.tile(residuals, (-(-256 // n), 1))
     pq = faiss.ProductQuantizer(dim, m, 8)
     pq.cp.seed = seed
     pq.cp.min_points_per_centroid = 1  # small corpora: fewer than 256 x 39 residuals is fine, just coarser

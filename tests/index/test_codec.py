@@ -82,3 +82,11 @@ def test_product_quantiser_round_trips_through_arrays(corpus):
     assert scalar_meta["quantizer"] == "scalar"
     with pytest.raises(ValueError, match="quantizer must be one of scalar, pq"):
         ResidualCodec.train(v, nbits=2, ncentroids=64, quantizer="opq")
+
+
+@pytest.mark.parametrize("n", [1, 50])
+def test_product_quantiser_on_fewer_vectors_than_codewords(n):
+    v = torch.nn.functional.normalize(torch.randn(n, 32, generator=torch.Generator().manual_seed(n)), dim=1)
+    codec = ResidualCodec.train(v, nbits=2, quantizer="pq")
+    rec = codec.decompress(*codec.compress(v))
+    assert ((rec - v) ** 2).sum(1).max() < 1e-4
