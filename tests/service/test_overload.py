@@ -3,13 +3,16 @@ that waited too long for a worker thread is refused without being run."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from service_helpers import make_docs, start_server
 
-from tessera.client import Client, ResourceExhausted
+from tessera.client import Client, DeadlineExceeded, ResourceExhausted
+from tessera.service.servicer import TesseraServicer
 
 
 @pytest.fixture
@@ -65,3 +68,37 @@ def _searches(metrics) -> float:
         for s in m.samples
         if s.name.endswith("_count")
     )
+
+
+class _Context:
+    """A gRPC context stand-in whose remaining time is set by the test."""
+
+    def __init__(self, remaining):
+        self.remaining = remaining
+
+    def time_remaining(self):
+        return self.remaining() if callable(self.remaining) else self.remaining
+
+
+def _servicer(delay_s: float = 0.0, max_queue_s: float | None = None) -> TesseraServicer:
+    pool = ThreadPoolExecutor(1)
+    if delay_s:
+        pool.submit(time.sleep, delay_s)  # the only worker is busy for delay_s
+    return TesseraServicer(engine=None, executor=pool, max_queue_s=max_queue_s)
+
+
+def test_queue_budget_rules():
+    ran = []
+    # a deadline far too short for a queue budget (0.1 ms left): the budget floor lets an idle server run it
+    assert asyncio.run(_servicer()._run(_Context(1e-4), lambda: ran.append(1) or "ok")) == "ok" and ran == [1]
+    # the deadline passed while the call waited for the worker: DEADLINE_EXCEEDED, not run
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        asyncio.run(_servicer(0.1)._run(_Context(lambda: 0.05 - (time.monotonic() - t0)), lambda: ran.append(2)))
+    # waited longer than half of a deadline that has not passed yet: RESOURCE_EXHAUSTED, not run
+    with pytest.raises(ResourceExhausted, match="queue budget 50 ms"):
+        asyncio.run(_servicer(0.1)._run(_Context(0.1), lambda: ran.append(3)))
+    # a fixed budget without a deadline
+    with pytest.raises(ResourceExhausted, match="queue budget 20 ms"):
+        asyncio.run(_servicer(0.1, max_queue_s=0.02)._run(_Context(None), lambda: ran.append(4)))
+    assert ran == [1]
