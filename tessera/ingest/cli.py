@@ -102,7 +102,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="index setting of a new collection (repeatable), e.g. max_segments=16 or auto_retrain=false",
+        help="index setting of a new collection (repeatable), e.g. quantizer=pq (see docs/indexing.md)",
     )
     g.add_argument("--device", default="cpu", help="torch device for encoding (cpu, cuda)")
     add_backend_argument(g, default="auto", what="document encoding with --data-dir or --ray")
