@@ -243,24 +243,18 @@ class ResidualCodec:
         n = vectors.shape[0]
         codes = self.assign(vectors, should_stop)
         packed = torch.empty(n, self.bytes_per_vector, dtype=torch.uint8)
-        if self.codebooks is not None:
-            pq = self._product_quantizer()
-            for i in range(0, n, _CHUNK):
-                _check(should_stop)
-                v = vectors[i : i + _CHUNK].to(self.device, torch.float32)
-                res = (v - self.centroids[codes[i : i + _CHUNK].to(self.device).long()]).cpu().numpy()
-                packed[i : i + _CHUNK] = torch.from_numpy(pq.compute_codes(np.ascontiguousarray(res)))
-            return codes, packed
-        cut = self.cutoffs.to(self.device)
-        shifts = self._shifts.to(self.device).long()
         for i in range(0, n, _CHUNK):
             v = vectors[i : i + _CHUNK].to(self.device, torch.float32)
-            c = codes[i : i + _CHUNK].to(self.device).long()
-            res = v - self.centroids[c]
-            bucket = (res[:, :, None] > cut[None]).sum(-1)  # [m, dim]
-            bucket = bucket.view(-1, self.bytes_per_vector, self.per_byte) << shifts
-            packed[i : i + _CHUNK] = bucket.sum(-1).to(torch.uint8).cpu()
+            packed[i : i + _CHUNK] = self._pack(v - self.centroids[codes[i : i + _CHUNK].to(self.device).long()])
         return codes, packed
+
+    def _pack(self, res: torch.Tensor) -> torch.Tensor:
+        """uint8 [m, dim*nbits/8] codes of residuals [m, dim] (on the CPU)."""
+        if self.codebooks is not None:  # nearest codeword per sub-vector (faiss, on the CPU)
+            return torch.from_numpy(self._product_quantizer().compute_codes(np.ascontiguousarray(res.cpu().numpy())))
+        bucket = (res[:, :, None] > self.cutoffs.to(res.device)[None]).sum(-1)  # [m, dim]
+        bucket = bucket.view(-1, self.bytes_per_vector, self.per_byte) << self._shifts.to(res.device).long()
+        return bucket.sum(-1).to(torch.uint8).cpu()
 
     def decompress(self, codes: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         """Reconstructed float32 vectors [n, dim] on the codec's device (two gathers, in-place adds)."""
