@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--keep-vectors", action="store_true", help="also store fp16 originals (exact rerank)")
     b.add_argument("--ncentroids", type=int, help="override the number of centroids")
+    b.add_argument("--quantizer", default="scalar", choices=("scalar", "pq"), help="residual code (docs/indexing.md)")
     b.add_argument("--batch", type=int, default=2048, help="documents encoded and added per batch")
     b.set_defaults(func=run_build)
     i = isub.add_parser("info", help="verify an index folder (checksums) and print its statistics as JSON")
@@ -185,6 +186,8 @@ def run_build(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.model)
     nbits = args.nbits or default_nbits(bool(getattr(encoder.config, "clustered", False)))
     settings = {"ncentroids": args.ncentroids} if args.ncentroids else {}
+    if args.quantizer != "scalar":
+        settings["quantizer"] = args.quantizer
     t0 = time.perf_counter()
     with MultiVectorIndex.create(
         args.out, encoder.dim, nbits=nbits, keep_vectors=args.keep_vectors, **settings

@@ -229,6 +229,7 @@ class MultiVectorIndex:
             "segments": len(snap.segments),
             "dim": self.dim,
             "nbits": self.nbits,
+            "quantizer": self.settings["quantizer"],
             "ncentroids": codec.ncentroids if codec else 0,
             "bytes_per_vector": per_vec,  # centroid id + packed residual
             "bytes_per_vector_in_memory": mem / stored if stored else float(per_vec),

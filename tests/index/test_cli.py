@@ -134,9 +134,10 @@ def test_index_build_of_a_crisp_model_defaults_to_4_bits(tmp_path, tiny_bert_dir
     model = save_checkpoint(new_encoder(cfg), tmp_path / "model")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "text": f"word{i} other text {i}"}) for i in range(12)))
-    for extra, nbits in (([], 4), (["--nbits", "2"], 2)):
+    for extra, nbits, quantizer in (([], 4, "scalar"), (["--nbits", "2", "--quantizer", "pq"], 2, "pq")):
         out = tmp_path / f"idx{nbits}"
         assert main(["index", "build", "--data", str(corpus), "--model", str(model), "--out", str(out), *extra]) == 0
         capsys.readouterr()
         assert main(["index", "info", str(out)]) == 0
-        assert json.loads(capsys.readouterr().out)["nbits"] == nbits
+        info = json.loads(capsys.readouterr().out)
+        assert (info["nbits"], info["quantizer"]) == (nbits, quantizer)
