@@ -261,7 +261,7 @@ def run_benchmark(
             "documents": st["documents"],
             "vectors": st["vectors"],
             "ncentroids": st["ncentroids"],
-            "quantizer": (settings or {}).get("quantizer", "scalar"),
+            "quantizer": st["quantizer"],
             "index_bytes_per_vector_disk": round(st["bytes_per_vector_on_disk"], 2),
             "index_bytes_per_vector_memory": round(st["bytes_per_vector_in_memory"], 2),
             "threads": threads,

@@ -103,17 +103,19 @@ class ResidualCodec:
         self.bytes_per_vector = dim // per
         self._half_sq_norms = 0.5 * (self.centroids**2).sum(1)
         self._hnsw = None  # lazily built graph over the centroids for fast assignment
-        # lut[j * 256 + b] = reconstruction values of the `per` dimensions packed in byte j with value b.
+        # lut[j * 256 + b] = reconstruction values of the `per` dimensions packed in byte j with value b:
+        # the codebooks of a product quantiser, or the per-dimension values of the buckets the byte packs.
         shifts = nbits * (per - 1 - torch.arange(per))
-        buckets = (torch.arange(256)[:, None] >> shifts[None, :]) & ((1 << nbits) - 1)  # [256, per]
-        dims = torch.arange(self.bytes_per_vector)[:, None] * per + torch.arange(per)[None, :]  # [B, per]
-        lut = self.weights[dims[:, None, :], buckets[None, :, :]]  # [B, 256, per]
         if self.codebooks is not None:
             if self.codebooks.shape != (self.bytes_per_vector, 256, per):
                 raise ValueError(
                     f"codebooks must have shape {(self.bytes_per_vector, 256, per)}, got {tuple(self.codebooks.shape)}"
                 )
             lut = self.codebooks
+        else:
+            buckets = (torch.arange(256)[:, None] >> shifts[None, :]) & ((1 << nbits) - 1)  # [256, per]
+            dims = torch.arange(self.bytes_per_vector)[:, None] * per + torch.arange(per)[None, :]  # [B, per]
+            lut = self.weights[dims[:, None, :], buckets[None, :, :]]  # [B, 256, per]
         self._pq = None  # lazily built faiss.ProductQuantizer (encoding with quantizer="pq")
         self._lut = lut.reshape(self.bytes_per_vector * 256, per).to(self.device)
         self._byte_base = (torch.arange(self.bytes_per_vector, dtype=torch.int32) * 256).to(self.device)
