@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tessera.index import kernels
 from tessera.index.kernels import take
 
 SUPPORTED_NBITS = (1, 2, 4)
@@ -269,6 +270,26 @@ class ResidualCodec:
         if self.normalize:
             out.mul_(torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_())
         return out
+
+    def score_max(
+        self,
+        codes: torch.Tensor,
+        packed: torch.Tensor,
+        pos: torch.Tensor,
+        rows: torch.Tensor,
+        query: torch.Tensor,
+        best: torch.Tensor,
+    ) -> None:
+        """In place ``best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)`` for the
+        vectors (``codes``, ``packed``) of one segment: one fused pass on CPU where the compiled kernel
+        runs (``kernels.gather_max_codes``), else ``decompress``, a matmul and a scatter-max."""
+        if pos.numel() == 0:
+            return
+        if kernels.gather_max_codes(self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best):
+            return
+        p = pos.to(codes.device)
+        sims = self.decompress(take(codes, p), take(packed, p)) @ query.T
+        best.scatter_reduce_(0, rows.to(best.device).long()[:, None].expand(-1, sims.shape[1]), sims, "amax")
 
     def _product_quantizer(self):
         """faiss.ProductQuantizer holding ``codebooks`` (for encoding)."""

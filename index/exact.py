@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tessera.index.kernels import padded_max_sum
+from tessera.index import kernels
+from tessera.index.kernels import padded_max_sum, ranges
 from tessera.index.snapshot import Snapshot
 from tessera.scoring import maxsim_padded
 
@@ -56,7 +57,17 @@ def score_few(
     seg_of, local = snap.locate(gidx.cpu())
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
-        vecs, lens = snap.segments[s].padded_vectors(snap.codec, local[sel], full)
+        seg = snap.segments[s]
+        if query.device.type == "cpu" and kernels.FUSED is not None:
+            loc = local[sel]  # one fused pass over the documents' vectors (compiled kernel), no padding
+            lens = seg.lengths[loc]
+            rows = torch.repeat_interleave(torch.arange(loc.numel()), lens)
+            best = torch.full((loc.numel(), query.shape[0]), float("-inf"))
+            seg.score_max(snap.codec, ranges(seg.offsets[loc], lens), rows, query, best, full)
+            best[lens == 0] = 0.0
+            out[sel] = best @ weights if weights is not None else best.sum(1)
+            continue
+        vecs, lens = seg.padded_vectors(snap.codec, local[sel], full)
         m, lmax, d = vecs.shape
         sims = (vecs.view(m * lmax, d) @ query.T).view(m, lmax, -1)
         out[sel.to(out.device)] = padded_max_sum(sims, lens, weights)

@@ -74,14 +74,6 @@ def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
     return (queries.reshape(nq * lq, d) @ snap.codec.centroids.T).view(nq, lq, -1)
 
 
-def _vectors(snap: Snapshot, seg, pos: torch.Tensor, full: bool) -> torch.Tensor:
-    """float32 vectors at positions ``pos`` of ``seg``: the originals if kept (and ``full``), else
-    decompressed residuals."""
-    if full and seg.vectors is not None:
-        return take(seg.vectors, pos.to(seg.device)).to(snap.codec.device).float()
-    return snap.codec.decompress(take(seg.codes, pos.to(seg.device)), take(seg.residuals, pos.to(seg.device)))
-
-
 def _add(stats: dict, key: str, value: int) -> None:
     stats[key] = stats.get(key, 0) + value
 
@@ -128,11 +120,10 @@ def stage2(
         # a query token none of whose kept vectors occur in the document contributes 0 (as in PLAID)
         best = torch.zeros(n_cand, lq, device=dev)
         if pos.numel():
-            sims = _vectors(snap, seg, pos, full) @ query.T  # [n, Lq]
-            _add(stats, "stage2_dot_products", int(sims.numel()))
+            _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
             compact = torch.full((seg.n_docs,), -1, dtype=torch.int64, device=dev)
             compact[cand_idx] = torch.arange(n_cand, device=dev)
-            best.scatter_reduce_(0, compact[docs][:, None].expand(-1, lq), sims, "amax")
+            seg.score_max(snap.codec, pos, compact[docs], query, best, full)
         out_b.append(best)
         out_g.append(cand_idx + bases[s])
     if not out_b:
@@ -169,10 +160,8 @@ def stage3(
         pick = tier[take(seg.codes, pos).to(ST.device).long()].nonzero().flatten()
         if pick.numel() == 0:
             continue
-        sims = _vectors(snap, seg, pos[pick.to(pos.device)], full) @ query.T
-        _add(stats, "stage3_dot_products", int(sims.numel()))
-        rows = row[pick.to(row.device)].to(ST.device)
-        best.scatter_reduce_(0, rows[:, None].expand(-1, sims.shape[1]), sims, "amax")
+        _add(stats, "stage3_dot_products", int(pick.numel()) * query.shape[0])
+        seg.score_max(snap.codec, pos[pick.to(pos.device)], row[pick.to(row.device)].to(ST.device), query, best, full)
     return best
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tessera.index.codec import ResidualCodec, StopCheck
-from tessera.index.kernels import padded_positions, ranges, take
+from tessera.index.kernels import gather_max, padded_positions, ranges, take
 from tessera.index.storage import read_arrays, write_arrays
 from tessera.packed import PackedDocuments
 
@@ -216,6 +216,27 @@ class Segment:
         else:
             vecs = codec.decompress(take(self.codes, flat), take(self.residuals, flat))
         return vecs.view(pos.shape[0], pos.shape[1], -1), lengths
+
+    def score_max(
+        self,
+        codec: ResidualCodec,
+        pos: torch.Tensor,
+        rows: torch.Tensor,
+        query: torch.Tensor,
+        best: torch.Tensor,
+        full: bool = True,
+    ) -> None:
+        """In place ``best[rows[i]] = max(best[rows[i]], v_i @ query.T)`` for the vectors v_i at positions
+        ``pos``: the stored originals when kept (and ``full``), else decompressed residuals; fused into
+        one pass on CPU (``tessera.index.kernels``)."""
+        if full and self.vectors is not None:
+            gather_max(self.vectors, pos.to(self.device), rows, query, best)
+            return
+        if "codes_max" not in self.cache:  # the compiled kernel trusts centroid ids: check them once
+            self.cache["codes_max"] = int(self.codes.max()) if self.codes.numel() else -1
+        if self.cache["codes_max"] >= codec.ncentroids:
+            raise IndexError(f"segment {self.name}: centroid id {self.cache['codes_max']} >= {codec.ncentroids}")
+        codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best)
 
     def decompress(
         self, codec: ResidualCodec, local: torch.Tensor, full: bool = True

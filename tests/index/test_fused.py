@@ -1,0 +1,159 @@
+"""The compiled scoring kernel (index/_fused.c) against its torch reference path."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+from index_helpers import build
+
+from tessera.index import kernels
+from tessera.index.codec import ResidualCodec
+
+needs_kernel = pytest.mark.skipif(kernels.FUSED is None, reason="compiled kernel not built or CPU unsupported")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="kernels are x86-64 only")
+def test_kernel_is_built_where_the_cpu_supports_it(monkeypatch):
+    """A failed (optional) build would silently leave only the torch path: fail loudly here instead."""
+    flags = _cpu_flags()
+    if not ({"avx512f"} <= flags or {"avx2", "fma", "f16c"} <= flags):
+        pytest.skip("CPU has neither AVX-512F nor AVX2+FMA+F16C")
+    monkeypatch.delenv("TESSERA_FUSED", raising=False)
+    assert kernels._load_fused() is not None
+    assert kernels.fused_kernel() in ("avx512", "avx2", "torch")
+
+
+def test_env_switch_forces_the_torch_path(monkeypatch):
+    monkeypatch.setenv("TESSERA_FUSED", "0")
+    assert kernels._load_fused() is None
+
+
+@pytest.fixture(params=["avx512", "avx2"])
+def each_kernel(request):
+    """Every test runs with each kernel this CPU can run (an AVX-512 machine runs the AVX2 one too)."""
+    if kernels.FUSED is None:
+        yield None
+        return
+    before = kernels.FUSED.kernel()
+    if not kernels.FUSED.select(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} kernel")
+    yield request.param
+    kernels.FUSED.select(before)
+
+
+@pytest.fixture(scope="module")
+def indexes(corpus, doc_ids):
+    """Indexes with and without the fp16 originals (read-only)."""
+    return {keep: build(corpus.docs, doc_ids, keep_vectors=keep) for keep in (True, False)}
+
+
+def _torch_reference(vectors, pos, rows, query, best):
+    sims = vectors[pos].float() @ query.T
+    return best.clone().scatter_reduce_(0, rows[:, None].expand(-1, query.shape[0]), sims, "amax")
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("dim", [16, 128])
+@pytest.mark.parametrize("lq", [1, 17, 32, 42])
+@pytest.mark.parametrize("n", [0, 5, 257])
+def test_gather_max_matches_torch(dim, lq, n):
+    g = torch.Generator().manual_seed(dim * 1000 + lq * 10 + n)
+    vectors = torch.randn(300, dim, generator=g).half()
+    pos = torch.randint(0, 300, (n,), generator=g)
+    rows = torch.randint(0, 7, (n,), generator=g)
+    query = torch.randn(lq, dim, generator=g)
+    start = torch.where(torch.rand(7, lq, generator=g) < 0.5, 0.0, float("-inf"))
+    got = start.clone()
+    kernels.gather_max(vectors, pos, rows, query, got)
+    torch.testing.assert_close(got, _torch_reference(vectors, pos, rows, query, start), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+def test_gather_max_rejects_out_of_range_positions_and_rows():
+    vectors = torch.randn(10, 16).half()
+    query = torch.randn(4, 16)
+    with pytest.raises(IndexError):
+        kernels.gather_max(vectors, torch.tensor([10]), torch.tensor([0]), query, torch.zeros(1, 4))
+    with pytest.raises(IndexError):
+        kernels.gather_max(vectors, torch.tensor([0]), torch.tensor([1]), query, torch.zeros(1, 4))
+    with pytest.raises(IndexError):
+        kernels.gather_max(vectors, torch.tensor([-1]), torch.tensor([0]), query, torch.zeros(1, 4))
+
+
+def test_unsupported_operands_take_the_torch_path():
+    """fp32 tables (or dims that are not multiples of 16) are scored in torch, with the same result."""
+    vectors = torch.randn(50, 24)
+    pos, rows, query = torch.arange(50), torch.arange(50) % 5, torch.randn(3, 24)
+    assert not kernels.fused_ok(vectors, query)
+    got = torch.zeros(5, 3)
+    kernels.gather_max(vectors, pos, rows, query, got)
+    torch.testing.assert_close(got, _torch_reference(vectors, pos, rows, query, torch.zeros(5, 3)))
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("quantizer, nbits", [("scalar", 1), ("scalar", 2), ("scalar", 4), ("pq", 2)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_compressed_scoring_matches_decompress(corpus, quantizer, nbits, normalize):
+    v = corpus.docs.vectors[:3000].float()
+    if not normalize:
+        v = v * 1.5  # not unit vectors: the codec does not renormalise
+    codec = ResidualCodec.train(v, nbits=nbits, ncentroids=64, niter=2, quantizer=quantizer)
+    assert codec.normalize == normalize
+    codes, packed = codec.compress(v)
+    g = torch.Generator().manual_seed(nbits)
+    pos = torch.randint(0, v.shape[0], (777,), generator=g)
+    rows = torch.randint(0, 40, (777,), generator=g)
+    query = torch.randn(32, v.shape[1], generator=g)
+    want = torch.zeros(40, 32).scatter_reduce_(
+        0, rows[:, None].expand(-1, 32), codec.decompress(codes[pos], packed[pos]) @ query.T, "amax"
+    )
+    got = torch.zeros(40, 32)
+    codec.score_max(codes, packed, pos, rows, query, got)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("keep_vectors", [True, False])
+@pytest.mark.parametrize("method, params", [("plaid", {}), ("plaid", {"full_rerank": False}), ("exact", {})])
+def test_search_gives_the_same_hits_with_and_without_the_kernel(
+    indexes, queries, monkeypatch, keep_vectors, method, params
+):
+    index = indexes[keep_vectors]
+    fused = index.search(queries, k=10, method=method, params=params)
+    monkeypatch.setattr(kernels, "FUSED", None)
+    plain = index.search(queries, k=10, method=method, params=params)
+    for a, b in zip(fused, plain, strict=True):
+        assert [h.id for h in a] == [h.id for h in b]
+        torch.testing.assert_close(
+            torch.tensor([h.score for h in a]), torch.tensor([h.score for h in b]), rtol=1e-5, atol=1e-4
+        )
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+def test_segment_refuses_centroid_ids_beyond_the_codebook(corpus, doc_ids, queries):
+    index = build(corpus.docs, doc_ids)
+    snap = index.snapshot
+    seg = snap.segments[0]
+    seg.cache.pop("codes_max", None)
+    seg.codes[0] = snap.codec.ncentroids  # a corrupt code (checksums normally catch this on open)
+    try:
+        with pytest.raises(IndexError, match="centroid id"):
+            seg.score_max(snap.codec, torch.tensor([1]), torch.tensor([0]), queries[0], torch.zeros(1, 16), full=False)
+    finally:
+        seg.cache.pop("codes_max", None)
