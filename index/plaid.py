@@ -93,8 +93,8 @@ def stage2(
     ``ST`` [C, Lq] holds centroid x query-token scores."""
     C, lq = ST.shape
     dev = ST.device
-    if ncells == 1:  # each query token's best centroid (amax is much faster than topk/argmax on CPU)
-        cells = (ST == ST.amax(0)[None, :]).nonzero()[:, 0].unique()
+    if ncells == 1:  # each query token's best centroid (ST is a view of [Lq, C]: argmax runs along rows)
+        cells = ST.argmax(0).unique()
     else:
         cells = ST.topk(min(ncells, C), dim=0).indices.flatten().unique()
     kept = (ST.amax(1) >= threshold).nonzero().flatten()
@@ -157,7 +157,7 @@ def stage3(
         if pos.numel() == 0:
             continue
         row = torch.repeat_interleave(sel.to(seg.device), lengths, output_size=pos.numel())
-        pick = tier[take(seg.codes, pos).to(ST.device).long()].nonzero().flatten()
+        pick = take(tier, take(seg.codes, pos).to(ST.device)).nonzero().flatten()
         if pick.numel() == 0:
             continue
         _add(stats, "stage3_dot_products", int(pick.numel()) * query.shape[0])
@@ -185,7 +185,7 @@ def search(
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
-        ST = centroids @ query.T  # [C, Lq]
+        ST = (query @ centroids.T).T  # [C, Lq], a view of contiguous [Lq, C] (fast reductions over C)
         best, gidx = stage2(snap, query, ST, mask, p["ncells"], thr, full, stats)
         if gidx.numel() == 0:
             continue
