@@ -228,7 +228,7 @@ def run_benchmark(
     run, interleaved by blocks of ``block`` queries); returns {method or peer: metrics}."""
     import faiss
 
-    from tessera.index import Hit, MultiVectorIndex
+    from tessera.index import Hit, MultiVectorIndex, kernels
     from tessera.index import peers as peer_mod
 
     unknown = [m for m in methods if m not in _METHOD_CALLS]
@@ -265,6 +265,7 @@ def run_benchmark(
             "index_bytes_per_vector_disk": round(st["bytes_per_vector_on_disk"], 2),
             "index_bytes_per_vector_memory": round(st["bytes_per_vector_in_memory"], 2),
             "threads": threads,
+            "scoring_kernel": kernels.fused_kernel(),  # compiled CPU kernel in use, or "torch"
             "queries": len(data.query_ids),
             "query_encode_ms": round(data.encode_seconds * 1000, 2) if data.encode_seconds else None,
         }

@@ -12,17 +12,36 @@ from tessera.scoring import maxsim_padded
 PARAMS: dict = {}
 _CHUNK_VECTORS = 1 << 16  # padded document vectors loaded at once
 _BLOCK_FLOATS = 1 << 24  # similarity entries materialised at once
+FUSED_MAX_QUERIES = 4  # up to this many queries are scored one by one by the compiled kernel
+
+
+def _fused(queries: torch.Tensor) -> bool:
+    """Whether the compiled kernel scores these queries (CPU, kernel built; see ``kernels``)."""
+    return queries.device.type == "cpu" and kernels.FUSED is not None
+
+
+def _fused_scores(snap: Snapshot, seg, loc: torch.Tensor, query: torch.Tensor, weights, full: bool) -> torch.Tensor:
+    """Exact MaxSim [len(loc)] of one query [Lq, dim] against local documents ``loc`` of ``seg``: one
+    pass of the compiled kernel over their vectors (no padding)."""
+    lens = seg.lengths[loc]
+    rows = torch.repeat_interleave(torch.arange(loc.numel()), lens)
+    best = torch.full((loc.numel(), query.shape[0]), float("-inf"))
+    seg.score_max(snap.codec, ranges(seg.offsets[loc], lens), rows, query, best, full)
+    best[lens == 0] = 0.0
+    return best @ weights if weights is not None else best.sum(1)
 
 
 def score_docs(
     snap: Snapshot, queries: torch.Tensor, gidx: torch.Tensor, query_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Exact MaxSim [nq, len(gidx)] of the given global documents, loading them in bounded chunks and
-    scoring with ``tessera.scoring.maxsim_padded``."""
+    scoring with ``tessera.scoring.maxsim_padded``, or, for a few queries on CPU, with the compiled
+    kernel one query at a time."""
     nq, lq, _ = queries.shape
     out = torch.empty(nq, gidx.numel())
     if gidx.numel() == 0:
         return out
+    fused = _fused(queries) and nq <= FUSED_MAX_QUERIES
     seg_of, local = snap.locate(gidx)
     lengths_all = snap.lengths_all[gidx]
     for s in torch.unique(seg_of).tolist():
@@ -33,6 +52,13 @@ def score_docs(
         per_chunk = max(1, _CHUNK_VECTORS // lmax)
         q_block = max(1, min(nq, _BLOCK_FLOATS // (lq * per_chunk * lmax)))
         for start in range(0, loc.numel(), per_chunk):
+            if fused:
+                for q in range(nq):
+                    w = query_weights[q] if query_weights is not None else None
+                    out[q, sel[start : start + per_chunk]] = _fused_scores(
+                        snap, seg, loc[start : start + per_chunk], queries[q], w, True
+                    )
+                continue
             vecs, lens = seg.padded_vectors(snap.codec, loc[start : start + per_chunk])
             mask = torch.arange(vecs.shape[1], device=vecs.device)[None, :] < lens[:, None]
             cols = sel[start : start + per_chunk]
@@ -58,14 +84,8 @@ def score_few(
     for s in torch.unique(seg_of).tolist():
         sel = (seg_of == s).nonzero().flatten()
         seg = snap.segments[s]
-        if query.device.type == "cpu" and kernels.FUSED is not None:
-            loc = local[sel]  # one fused pass over the documents' vectors (compiled kernel), no padding
-            lens = seg.lengths[loc]
-            rows = torch.repeat_interleave(torch.arange(loc.numel()), lens)
-            best = torch.full((loc.numel(), query.shape[0]), float("-inf"))
-            seg.score_max(snap.codec, ranges(seg.offsets[loc], lens), rows, query, best, full)
-            best[lens == 0] = 0.0
-            out[sel] = best @ weights if weights is not None else best.sum(1)
+        if _fused(query):
+            out[sel] = _fused_scores(snap, seg, local[sel], query, weights, full)
             continue
         vecs, lens = seg.padded_vectors(snap.codec, local[sel], full)
         m, lmax, d = vecs.shape

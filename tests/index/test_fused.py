@@ -157,3 +157,20 @@ def test_segment_refuses_centroid_ids_beyond_the_codebook(corpus, doc_ids, queri
             seg.score_max(snap.codec, torch.tensor([1]), torch.tensor([0]), queries[0], torch.zeros(1, 16), full=False)
     finally:
         seg.cache.pop("codes_max", None)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("keep_vectors", [True, False])
+def test_rerank_and_batched_exact_agree_with_the_torch_path(indexes, queries, doc_ids, monkeypatch, keep_vectors):
+    index = indexes[keep_vectors]
+    candidates = [doc_ids[i::7][:60] for i in range(queries.shape[0])]
+    fused = index.rerank(queries, candidates, k=20)
+    batch = index.search(queries[:3], k=10, method="exact")  # a few queries: one kernel pass per query
+    monkeypatch.setattr(kernels, "FUSED", None)
+    assert [[h.id for h in row] for row in index.rerank(queries, candidates, k=20)] == [
+        [h.id for h in row] for row in fused
+    ]
+    assert [[h.id for h in row] for row in index.search(queries[:3], k=10, method="exact")] == [
+        [h.id for h in row] for row in batch
+    ]
