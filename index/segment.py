@@ -232,10 +232,12 @@ class Segment:
         if full and self.vectors is not None:
             gather_max(self.vectors, pos.to(self.device), rows, query, best)
             return
-        if "codes_max" not in self.cache:  # the compiled kernel trusts centroid ids: check them once
-            self.cache["codes_max"] = int(self.codes.max()) if self.codes.numel() else -1
-        if self.cache["codes_max"] >= codec.ncentroids:
-            raise IndexError(f"segment {self.name}: centroid id {self.cache['codes_max']} >= {codec.ncentroids}")
+        if "codes_range" not in self.cache:  # the compiled kernel trusts centroid ids: check them once
+            n = self.codes.numel()
+            self.cache["codes_range"] = (int(self.codes.min()), int(self.codes.max())) if n else (0, -1)
+        low, high = self.cache["codes_range"]
+        if low < 0 or high >= codec.ncentroids:
+            raise IndexError(f"segment {self.name}: centroid ids {low}..{high} outside 0..{codec.ncentroids - 1}")
         codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best)
 
     def decompress(

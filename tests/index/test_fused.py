@@ -150,13 +150,13 @@ def test_segment_refuses_centroid_ids_beyond_the_codebook(corpus, doc_ids, queri
     index = build(corpus.docs, doc_ids)
     snap = index.snapshot
     seg = snap.segments[0]
-    seg.cache.pop("codes_max", None)
+    seg.cache.pop("codes_range", None)
     seg.codes[0] = snap.codec.ncentroids  # a corrupt code (checksums normally catch this on open)
     try:
         with pytest.raises(IndexError, match="centroid id"):
             seg.score_max(snap.codec, torch.tensor([1]), torch.tensor([0]), queries[0], torch.zeros(1, 16), full=False)
     finally:
-        seg.cache.pop("codes_max", None)
+        seg.cache.pop("codes_range", None)
 
 
 @needs_kernel
