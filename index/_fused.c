@@ -95,25 +95,34 @@ static inline float rebuild(const job_t *j, int64_t p, float *buf) {
     return 1.0f / (norm > 1e-12f ? norm : 1e-12f);
 }
 
+/* Loads rows i .. i + ROWS - 1 (fewer at the end: the missing ones repeat row i and are not stored)
+ * into buf as float32, prefetching those PREFETCH_AHEAD further on; returns how many are real. */
+#define ROWS 4
+__attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t *j, int64_t i,
+                                                                     float buf[ROWS][MAX_DIM], float scale[ROWS]) {
+    const int cnt = (j->n - i < ROWS) ? (int)(j->n - i) : ROWS;
+    prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + ROWS);
+    for (int v = 0; v < ROWS; v++) {
+        const int64_t p = j->pos[i + (v < cnt ? v : 0)];
+        if (j->vec != NULL) {
+            const uint16_t *r = j->vec + p * j->dim;
+            for (int64_t d = 0; d < j->dim; d += 8)
+                _mm256_store_ps(buf[v] + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + d))));
+            scale[v] = 1.0f;
+        } else {
+            scale[v] = rebuild(j, p, buf[v]);
+        }
+    }
+    return cnt;
+}
+
 /* AVX-512: 4 vectors x 32 query tokens per pass (8 accumulators of 16 floats). */
 __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
-    float buf[4][MAX_DIM] __attribute__((aligned(64)));
-    float scale[4];
+    float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
+    float scale[ROWS];
     const int64_t dim = j->dim, lqp = j->lqp, nblk = lqp / 16;
-    for (int64_t i = 0; i < j->n; i += 4) {
-        const int cnt = (j->n - i < 4) ? (int)(j->n - i) : 4;
-        prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + 4);
-        for (int v = 0; v < 4; v++) {
-            const int64_t p = j->pos[i + (v < cnt ? v : 0)];
-            if (j->vec != NULL) {
-                const uint16_t *r = j->vec + p * dim;
-                for (int64_t d = 0; d < dim; d += 16)
-                    _mm512_store_ps(buf[v] + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + d))));
-                scale[v] = 1.0f;
-            } else {
-                scale[v] = rebuild(j, p, buf[v]);
-            }
-        }
+    for (int64_t i = 0; i < j->n; i += ROWS) {
+        const int cnt = load_rows(j, i, buf, scale);
         int64_t tb = 0;
         for (; tb + 2 <= nblk; tb += 2) {
             __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
@@ -165,23 +174,11 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
 /* AVX2: 4 vectors x 16 query tokens per pass (8 accumulators of 8 floats); 4 rows in flight, as for
  * AVX-512, which matters more than register width for rows gathered from random places. */
 __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j) {
-    float buf[4][MAX_DIM] __attribute__((aligned(32)));
-    float scale[4];
+    float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
+    float scale[ROWS];
     const int64_t dim = j->dim, lqp = j->lqp;
-    for (int64_t i = 0; i < j->n; i += 4) {
-        const int cnt = (j->n - i < 4) ? (int)(j->n - i) : 4;
-        prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + 4);
-        for (int v = 0; v < 4; v++) {
-            const int64_t p = j->pos[i + (v < cnt ? v : 0)];
-            if (j->vec != NULL) {
-                const uint16_t *r = j->vec + p * dim;
-                for (int64_t d = 0; d < dim; d += 8)
-                    _mm256_store_ps(buf[v] + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + d))));
-                scale[v] = 1.0f;
-            } else {
-                scale[v] = rebuild(j, p, buf[v]);
-            }
-        }
+    for (int64_t i = 0; i < j->n; i += ROWS) {
+        const int cnt = load_rows(j, i, buf, scale);
         for (int64_t tb = 0; tb < lqp; tb += 16) {
             __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
             __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;

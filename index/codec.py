@@ -288,8 +288,7 @@ class ResidualCodec:
         if kernels.gather_max_codes(self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best):
             return
         p = pos.to(codes.device)
-        sims = self.decompress(take(codes, p), take(packed, p)) @ query.T
-        best.scatter_reduce_(0, rows.to(best.device).long()[:, None].expand(-1, sims.shape[1]), sims, "amax")
+        kernels.scatter_max(best, rows, self.decompress(take(codes, p), take(packed, p)) @ query.T)
 
     def _product_quantizer(self):
         """faiss.ProductQuantizer holding ``codebooks`` (for encoding)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tessera.index import kernels
-from tessera.index.kernels import padded_max_sum, ranges
+from tessera.index.kernels import padded_max_sum, ranges, sum_best
 from tessera.index.snapshot import Snapshot
 from tessera.scoring import maxsim_padded
 
@@ -27,8 +27,7 @@ def _fused_scores(snap: Snapshot, seg, loc: torch.Tensor, query: torch.Tensor, w
     rows = torch.repeat_interleave(torch.arange(loc.numel()), lens)
     best = torch.full((loc.numel(), query.shape[0]), float("-inf"))
     seg.score_max(snap.codec, ranges(seg.offsets[loc], lens), rows, query, best, full)
-    best[lens == 0] = 0.0
-    return best @ weights if weights is not None else best.sum(1)
+    return sum_best(best, lens, weights)
 
 
 def score_docs(

@@ -56,10 +56,20 @@ def padded_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
 def padded_max_sum(sims: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """sims [m, Lmax, Lq] (padded by repetition) -> sum over query tokens of the max over document
     tokens [m]; documents without tokens score 0."""
-    best = sims.amax(1)
+    return sum_best(sims.amax(1), lengths, weights)
+
+
+def sum_best(best: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """best [m, Lq] per-token maxima of m documents -> their (weighted) sums [m]; documents without
+    tokens score 0."""
     if bool((lengths == 0).any()):
         best[lengths.to(best.device) == 0] = 0.0
     return best @ weights if weights is not None else best.sum(1)
+
+
+def scatter_max(best: torch.Tensor, rows: torch.Tensor, sims: torch.Tensor) -> None:
+    """In place ``best[rows[i]] = max(best[rows[i]], sims[i])`` (torch's scatter-max)."""
+    best.scatter_reduce_(0, rows.to(best.device).long()[:, None].expand(-1, sims.shape[1]), sims, "amax")
 
 
 def fused_kernel() -> str:
@@ -119,8 +129,7 @@ def gather_max(vectors: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, que
         ptr = vectors.data_ptr()
         _run_fused(lambda *a: FUSED.gather_max(ptr, *a), vectors.shape[0], pos, rows, query, best)
         return
-    sims = take(vectors, pos.to(vectors.device)).to(best.device).float() @ query.T
-    best.scatter_reduce_(0, rows.to(best.device).long()[:, None].expand(-1, query.shape[0]), sims, "amax")
+    scatter_max(best, rows, take(vectors, pos.to(vectors.device)).to(best.device).float() @ query.T)
 
 
 def gather_max_codes(

@@ -17,7 +17,8 @@ defaults by k):
    (``keep_vectors``; ``full_rerank=False`` ignores them) or else on decompressed residuals; keep k.
 The work counter ``dot_products`` counts the query-token x vector products of stages 2-4 (the
 decompress-and-score stages); ``stage2_dot_products`` etc. break it down.
-Everything is vectorised in torch (no per-document Python loops), so it runs on CPU or GPU.
+Everything is vectorised (no per-document Python loops): vectors are scored by ``Segment.score_max``,
+one pass of the compiled kernel on CPU (``tessera.index.kernels``), torch elsewhere (CPU or GPU).
 """
 
 from __future__ import annotations
