@@ -2,11 +2,13 @@
 
 Query by query in one process (kernel, then torch, on the same query), so that a noisy machine affects
 both alike; prints one JSON object per configuration with the medians and whether the top-k agree.
-Uses the encodings cached by ``tessera bench search`` (same --data/--model) and opens --index-dir
-(build it with ``tessera bench search ... --index-dir DIR``; keep_vectors is on there).
+Uses the encodings cached by ``tessera bench search`` (same --data/--model), or the same synthetic
+vectors (same --synthetic N), and opens --index-dir (build it with ``tessera bench search ...
+--index-dir DIR``; keep_vectors is on there).
 
     python benchmarks/fused_ab.py --data /work/shared/data/scifact --index-dir /tmp/scifact-index \
         --threads 1 --kernels avx512,avx2
+    python benchmarks/fused_ab.py --synthetic 1000000 --index-dir /tmp/synthetic-1m --threads 1
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tessera.index import MultiVectorIndex, bench, kernels, plaid
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data", type=Path, help="BEIR folder (or --synthetic)")
+    ap.add_argument("--synthetic", type=int, metavar="VECTORS", help="the bench's synthetic vectors instead")
+    ap.add_argument("--queries", type=int, default=100, help="synthetic queries")
     ap.add_argument("--model", default="default")
     ap.add_argument("--split", default="test")
     ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
@@ -37,7 +41,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if kernels.FUSED is None:
         raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
-    data = bench.load_encoded(args.data, args.model, args.split, args.cache)
+    if args.synthetic:
+        data = bench.synthetic_data(args.synthetic, 128, args.queries)
+    elif args.data:
+        data = bench.load_encoded(args.data, args.model, args.split, args.cache)
+    else:
+        raise SystemExit("give --data or --synthetic")
     snap = MultiVectorIndex.open(args.index_dir).snapshot
     queries, mask = data.queries, snap.alive_all
     fused = kernels.FUSED
