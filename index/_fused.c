@@ -228,12 +228,22 @@ static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 
 static kernel_t KERNEL = NULL;
 
-static int check(int64_t dim, int64_t lqp, int64_t n) {
+/* Fills the operands both entry points share, checks them and runs the kernel without the GIL. */
+static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t qT,
+                         Py_ssize_t lqp, Py_ssize_t best) {
     if (dim <= 0 || dim > MAX_DIM || dim % 16 || lqp <= 0 || lqp % 16 || n < 0) {
         PyErr_SetString(PyExc_ValueError, "dim and lqp must be positive multiples of 16, dim <= 1024");
-        return -1;
+        return NULL;
     }
-    return 0;
+    job->dim = dim;
+    job->pos = (const int64_t *)pos;
+    job->rows = (const int64_t *)rows;
+    job->n = n;
+    job->qT = (const float *)qT;
+    job->lqp = lqp;
+    job->best = (float *)best;
+    Py_BEGIN_ALLOW_THREADS KERNEL(job);
+    Py_END_ALLOW_THREADS Py_RETURN_TRUE;
 }
 
 static PyObject *gather_max(PyObject *self, PyObject *args) {
@@ -241,18 +251,9 @@ static PyObject *gather_max(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "nnnnnnnn", &vec, &dim, &pos, &rows, &n, &qT, &lqp, &best)) return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
-    if (check(dim, lqp, n)) return NULL;
     job_t job = {0};
     job.vec = (const uint16_t *)vec;
-    job.dim = dim;
-    job.pos = (const int64_t *)pos;
-    job.rows = (const int64_t *)rows;
-    job.n = n;
-    job.qT = (const float *)qT;
-    job.lqp = lqp;
-    job.best = (float *)best;
-    Py_BEGIN_ALLOW_THREADS KERNEL(&job);
-    Py_END_ALLOW_THREADS Py_RETURN_TRUE;
+    return run_job(&job, dim, pos, rows, n, qT, lqp, best);
 }
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
@@ -263,7 +264,6 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
                           &pos, &rows, &n, &qT, &lqp, &best))
         return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
-    if (check(dim, lqp, n)) return NULL;
     if (per <= 0 || nbytes * per != dim) {
         PyErr_SetString(PyExc_ValueError, "bytes per vector x dims per byte must equal dim");
         return NULL;
@@ -276,15 +276,7 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
     job.lut = (const float *)lut;
     job.per = per;
     job.normalize = normalize;
-    job.dim = dim;
-    job.pos = (const int64_t *)pos;
-    job.rows = (const int64_t *)rows;
-    job.n = n;
-    job.qT = (const float *)qT;
-    job.lqp = lqp;
-    job.best = (float *)best;
-    Py_BEGIN_ALLOW_THREADS KERNEL(&job);
-    Py_END_ALLOW_THREADS Py_RETURN_TRUE;
+    return run_job(&job, dim, pos, rows, n, qT, lqp, best);
 }
 
 static PyObject *select_kernel(PyObject *self, PyObject *args) {
