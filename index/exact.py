@@ -51,16 +51,14 @@ def score_docs(
         per_chunk = max(1, _CHUNK_VECTORS // lmax)
         q_block = max(1, min(nq, _BLOCK_FLOATS // (lq * per_chunk * lmax)))
         for start in range(0, loc.numel(), per_chunk):
+            chunk, cols = loc[start : start + per_chunk], sel[start : start + per_chunk]
             if fused:
                 for q in range(nq):
                     w = query_weights[q] if query_weights is not None else None
-                    out[q, sel[start : start + per_chunk]] = _fused_scores(
-                        snap, seg, loc[start : start + per_chunk], queries[q], w, True
-                    )
+                    out[q, cols] = _fused_scores(snap, seg, chunk, queries[q], w, True)
                 continue
-            vecs, lens = seg.padded_vectors(snap.codec, loc[start : start + per_chunk])
+            vecs, lens = seg.padded_vectors(snap.codec, chunk)
             mask = torch.arange(vecs.shape[1], device=vecs.device)[None, :] < lens[:, None]
-            cols = sel[start : start + per_chunk]
             for q0 in range(0, nq, q_block):
                 w = query_weights[q0 : q0 + q_block] if query_weights is not None else None
                 block = maxsim_padded(queries[q0 : q0 + q_block], vecs, mask, w)

@@ -147,10 +147,12 @@ def gather_max_codes(
     codes [T] int32 (each below C: the caller checks, see ``Segment.score_max``), packed [T, B] uint8,
     lut [B * 256, per] float32 (``ResidualCodec``'s layout). Returns False, doing nothing, where the
     compiled kernel cannot run (the caller decompresses)."""
-    operands = (centroids, codes, packed, lut, query, best)
+    tables = (centroids, codes, packed, lut)  # read in place by the kernel (query and best are copied as needed)
     if (
         FUSED is None
-        or any(t.device.type != "cpu" or not t.is_contiguous() for t in operands)
+        or any(t.device.type != "cpu" or not t.is_contiguous() for t in tables)
+        or query.device.type != "cpu"
+        or best.device.type != "cpu"
         or centroids.dtype != torch.float32
         or codes.dtype != torch.int32
         or packed.dtype != torch.uint8
