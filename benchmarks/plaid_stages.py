@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tessera.index import MultiVectorIndex, bench, plaid
+from tessera.index.kernels import sum_best
 
 
 def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.perf_counter) -> dict:
@@ -34,19 +35,26 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         st: dict = {}
         t0 = clock()
         ST = snap.codec.centroids @ query.T
-        best, gidx = plaid.stage2(snap, query, ST, mask, p["ncells"], thr, full, st)
+        cmax = ST.amax(1)
+        best, gidx = plaid.stage2(snap, query, ST, cmax, mask, p["ncells"], thr, full, st)
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:
-            top = best.sum(1).topk(p["ndocs"]).indices
+            top = plaid._approx(best, None).topk(p["ndocs"]).indices
             best, gidx = best[top], gidx[top]
         t1 = clock()
         cov["stage2"].append(len(want & set(gidx.tolist())) / k)
+        seen = thr
         if gidx.numel() > p["nfinal"]:
-            best = plaid.stage3(snap, query, ST, best, gidx, p["tier_threshold"], thr, full, st)
-            gidx = gidx[best.sum(1).topk(p["nfinal"]).indices]
+            if p["tier_threshold"] < thr:
+                tier = (cmax >= p["tier_threshold"]) & (cmax < thr)
+                plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3)
+                seen = p["tier_threshold"]
+            top = plaid._approx(best, None).topk(p["nfinal"]).indices
+            best, gidx = best[top], gidx[top]
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
-        scores = plaid.score_few(snap, query, gidx, None, full)
+        plaid.score_tokens(snap, query, best, gidx, cmax < seen, full, st, 4)
+        scores = sum_best(best, snap.lengths_all[gidx], None)
         final = gidx[scores.topk(min(k, gidx.numel())).indices]
         t3 = clock()
         cov["final"].append(len(want & set(final.tolist())) / k)

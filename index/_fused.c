@@ -7,7 +7,7 @@
  *                     packed[pos[i], :] select in the lookup table lut [B * 256, per] (byte j with value
  *                     b adds lut[j * 256 + b] to dims j * per .. j * per + per - 1), divided by its norm
  *                     when `normalize` is set (ResidualCodec.decompress, fused).
- * pos and rows are int64 [n], qT float32 [dim, lqp], best float32 [m, lqp]. Arguments are raw
+ * pos and rows are int64 [n], the query float32 [lqp, dim], best float32 [m, lqp]. Arguments are raw
  * addresses: the Python wrappers (tessera.index.kernels, ResidualCodec.score_max) check dtypes, shapes
  * and bounds. lqp and dim must be multiples of 16, dim at most MAX_DIM.
  *
@@ -21,10 +21,12 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DIM 1024
-#define PREFETCH_AHEAD 8 /* vectors */
+#define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
+#define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
 typedef struct {
     /* fp16 originals */
@@ -64,6 +66,17 @@ static inline void prefetch(const job_t *j, int64_t from, int64_t to) {
     }
 }
 
+static inline void prefetch_far(const job_t *j, int64_t from, int64_t to) {
+    for (int64_t k = from; k < to && k < j->n; k++) {
+        const int64_t p = j->pos[k];
+        if (j->vec != NULL) {
+            _mm_prefetch((const char *)(j->vec + p * j->dim), _MM_HINT_T2);
+        } else {
+            _mm_prefetch((const char *)(j->packed + p * j->nbytes), _MM_HINT_T2);
+        }
+    }
+}
+
 /* Rebuilds compressed vector `p` into buf (float32 [dim]); returns the factor its products take
  * (1 / its norm when the codec normalises, else 1). SSE, the x86-64 baseline, for groups of 4 dims. */
 static inline float rebuild(const job_t *j, int64_t p, float *buf) {
@@ -96,12 +109,14 @@ static inline float rebuild(const job_t *j, int64_t p, float *buf) {
 }
 
 /* Loads rows i .. i + ROWS - 1 (fewer at the end: the missing ones repeat row i and are not stored)
- * into buf as float32, prefetching those PREFETCH_AHEAD further on; returns how many are real. */
+ * into buf as float32, prefetching those PREFETCH_AHEAD further on (and the first line of those
+ * PREFETCH_FAR further on); returns how many are real. */
 #define ROWS 4
 __attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t *j, int64_t i,
                                                                      float buf[ROWS][MAX_DIM], float scale[ROWS]) {
     const int cnt = (j->n - i < ROWS) ? (int)(j->n - i) : ROWS;
     prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + ROWS);
+    prefetch_far(j, i + PREFETCH_FAR, i + PREFETCH_FAR + ROWS);
     for (int v = 0; v < ROWS; v++) {
         const int64_t p = j->pos[i + (v < cnt ? v : 0)];
         if (j->vec != NULL) {
@@ -228,40 +243,47 @@ static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 
 static kernel_t KERNEL = NULL;
 
-/* Fills the operands both entry points share, checks them and runs the kernel without the GIL. */
-static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t qT,
+/* Fills the operands both entry points share, checks them, lays the query [lqp, dim] out as qT
+ * [dim, lqp] and runs the kernel without the GIL. */
+static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t q,
                          Py_ssize_t lqp, Py_ssize_t best) {
     if (dim <= 0 || dim > MAX_DIM || dim % 16 || lqp <= 0 || lqp % 16 || n < 0) {
         PyErr_SetString(PyExc_ValueError, "dim and lqp must be positive multiples of 16, dim <= 1024");
         return NULL;
     }
+    float *qT = aligned_alloc(64, (size_t)(dim * lqp) * sizeof(float));
+    if (qT == NULL) return PyErr_NoMemory();
+    const float *query = (const float *)q;
+    for (Py_ssize_t t = 0; t < lqp; t++)
+        for (Py_ssize_t d = 0; d < dim; d++) qT[d * lqp + t] = query[t * dim + d];
     job->dim = dim;
     job->pos = (const int64_t *)pos;
     job->rows = (const int64_t *)rows;
     job->n = n;
-    job->qT = (const float *)qT;
+    job->qT = qT;
     job->lqp = lqp;
     job->best = (float *)best;
     Py_BEGIN_ALLOW_THREADS KERNEL(job);
-    Py_END_ALLOW_THREADS Py_RETURN_TRUE;
+    Py_END_ALLOW_THREADS free(qT);
+    Py_RETURN_TRUE;
 }
 
 static PyObject *gather_max(PyObject *self, PyObject *args) {
-    Py_ssize_t vec, dim, pos, rows, n, qT, lqp, best;
+    Py_ssize_t vec, dim, pos, rows, n, q, lqp, best;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnnn", &vec, &dim, &pos, &rows, &n, &qT, &lqp, &best)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnnnnnnn", &vec, &dim, &pos, &rows, &n, &q, &lqp, &best)) return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     job_t job = {0};
     job.vec = (const uint16_t *)vec;
-    return run_job(&job, dim, pos, rows, n, qT, lqp, best);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best);
 }
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
-    Py_ssize_t centroids, codes, packed, nbytes, lut, per, dim, pos, rows, n, qT, lqp, best;
+    Py_ssize_t centroids, codes, packed, nbytes, lut, per, dim, pos, rows, n, q, lqp, best;
     int normalize;
     (void)self;
     if (!PyArg_ParseTuple(args, "nnnnnnpnnnnnnn", &centroids, &codes, &packed, &nbytes, &lut, &per, &normalize, &dim,
-                          &pos, &rows, &n, &qT, &lqp, &best))
+                          &pos, &rows, &n, &q, &lqp, &best))
         return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     if (per <= 0 || nbytes * per != dim) {
@@ -276,7 +298,170 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
     job.lut = (const float *)lut;
     job.per = per;
     job.normalize = normalize;
-    return run_job(&job, dim, pos, rows, n, qT, lqp, best);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best);
+}
+
+/* Positions to score, found in C (one pass, no temporaries) and checked against the tables' sizes, so
+ * that the kernel may trust them. select_ivf and select_tokens fill out_pos/out_rows (int64, room for
+ * `cap`) and return the count; with cap < 0 they only return the room the output needs. IndexError on
+ * an id out of range, ValueError when the output is too small. */
+
+/* select_ivf: the vectors of centroids kept[0..nk) (inverted lists voff [C+1] int64 into order / docs
+ * [T] int32: vector positions in centroid order and their local documents) whose document d has
+ * rowmap[d] >= 0 (int64 [n_docs]; the output row, below m). */
+static PyObject *select_ivf(PyObject *self, PyObject *args) {
+    Py_ssize_t voff_a, order_a, docs_a, n_vec, kept_a, nk, ncent, rowmap_a, n_docs, m, pos_a, rows_a, cap;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &voff_a, &order_a, &docs_a, &n_vec, &kept_a, &nk, &ncent, &rowmap_a,
+                          &n_docs, &m, &pos_a, &rows_a, &cap))
+        return NULL;
+    const int64_t *voff = (const int64_t *)voff_a, *kept = (const int64_t *)kept_a;
+    const int64_t *rowmap = (const int64_t *)rowmap_a;
+    const int32_t *order = (const int32_t *)order_a, *docs = (const int32_t *)docs_a;
+    int64_t *pos = (int64_t *)pos_a, *rows = (int64_t *)rows_a;
+    int64_t n = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nk; i++) {
+        const int64_t c = kept[i];
+        if (c < 0 || c >= ncent || voff[c] < 0 || voff[c] > voff[c + 1] || voff[c + 1] > n_vec) {
+            bad = 1;
+            break;
+        }
+        if (cap < 0) { /* count mode: the room the output needs */
+            n += voff[c + 1] - voff[c];
+            continue;
+        }
+        if (n + (voff[c + 1] - voff[c]) > cap) {
+            bad = 2;
+            break;
+        }
+        for (int64_t t = voff[c]; t < voff[c + 1]; t++) {
+            const int32_t d = docs[t], p = order[t];
+            if (d < 0 || d >= n_docs || p < 0 || p >= n_vec || rowmap[d] >= m) {
+                bad = 1;
+                break;
+            }
+            pos[n] = p; /* written always, kept when the document is selected (no branch to mispredict) */
+            rows[n] = rowmap[d];
+            n += rowmap[d] >= 0;
+        }
+        if (bad) break;
+    }
+    Py_END_ALLOW_THREADS if (bad == 1) {
+        PyErr_SetString(PyExc_IndexError, "select_ivf: a centroid, document, row or vector id is out of range");
+        return NULL;
+    }
+    if (bad == 2) {
+        PyErr_SetString(PyExc_ValueError, "select_ivf: output too small");
+        return NULL;
+    }
+    return PyLong_FromLongLong(n);
+}
+
+/* select_candidates: the documents in the inverted lists (ivf_off [C+1] int64 into ivf_docs [nnz]
+ * int32) of centroids cells[0..ncells) (int64, repeats allowed), restricted to allowed (uint8 [n_docs];
+ * NULL: all). Writes them in increasing order to cand (int64, room for n_docs) and their rank to rowmap
+ * (int64 [n_docs], -1 for the others); returns their count. */
+static PyObject *select_candidates(PyObject *self, PyObject *args) {
+    Py_ssize_t off_a, ncent, docs_a, nnz, cells_a, ncells, allowed_a, n_docs, cand_a, rowmap_a;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnn", &off_a, &ncent, &docs_a, &nnz, &cells_a, &ncells, &allowed_a, &n_docs,
+                          &cand_a, &rowmap_a))
+        return NULL;
+    const int64_t *off = (const int64_t *)off_a, *cells = (const int64_t *)cells_a;
+    const int32_t *docs = (const int32_t *)docs_a;
+    const uint8_t *allowed = (const uint8_t *)allowed_a;
+    int64_t *cand = (int64_t *)cand_a, *rowmap = (int64_t *)rowmap_a;
+    int64_t n = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t d = 0; d < n_docs; d++) rowmap[d] = -1;
+    for (Py_ssize_t i = 0; i < ncells && !bad; i++) {
+        const int64_t c = cells[i];
+        if (c < 0 || c >= ncent || off[c] < 0 || off[c] > off[c + 1] || off[c + 1] > nnz) {
+            bad = 1;
+            break;
+        }
+        for (int64_t t = off[c]; t < off[c + 1]; t++) {
+            const int32_t d = docs[t];
+            if (d < 0 || d >= n_docs) {
+                bad = 1;
+                break;
+            }
+            rowmap[d] = 0; /* marked */
+        }
+    }
+    if (!bad)
+        for (Py_ssize_t d = 0; d < n_docs; d++) {
+            if (rowmap[d] < 0) continue;
+            if (allowed != NULL && !allowed[d]) {
+                rowmap[d] = -1;
+                continue;
+            }
+            rowmap[d] = n;
+            cand[n++] = d;
+        }
+    Py_END_ALLOW_THREADS if (bad) {
+        PyErr_SetString(PyExc_IndexError, "select_candidates: a centroid or document id is out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(n);
+}
+
+/* select_tokens: the vectors of local documents locs[0..nloc) (int64; CSR offsets [n_docs + 1] int64),
+ * output row rows[i] (int64, below m; NULL: i), keeping only those whose centroid c = codes[p] (int32
+ * [n_vec]) has cmask[c] set (uint8 [C]; NULL: all). */
+static PyObject *select_tokens(PyObject *self, PyObject *args) {
+    Py_ssize_t off_a, n_docs, locs_a, nloc, rows_in_a, m, codes_a, n_vec, cmask_a, ncent, pos_a, rows_a, cap;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &off_a, &n_docs, &locs_a, &nloc, &rows_in_a, &m, &codes_a, &n_vec,
+                          &cmask_a, &ncent, &pos_a, &rows_a, &cap))
+        return NULL;
+    const int64_t *off = (const int64_t *)off_a, *locs = (const int64_t *)locs_a;
+    const int64_t *rows_in = (const int64_t *)rows_in_a;
+    const int32_t *codes = (const int32_t *)codes_a;
+    const uint8_t *cmask = (const uint8_t *)cmask_a;
+    int64_t *pos = (int64_t *)pos_a, *rows = (int64_t *)rows_a;
+    int64_t n = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nloc; i++) {
+        const int64_t d = locs[i], r = rows_in != NULL ? rows_in[i] : i;
+        if (d < 0 || d >= n_docs || r < 0 || r >= m || off[d] < 0 || off[d] > off[d + 1] || off[d + 1] > n_vec) {
+            bad = 1;
+            break;
+        }
+        if (cap < 0) { /* count mode: the room the output needs */
+            n += off[d + 1] - off[d];
+            continue;
+        }
+        if (n + (off[d + 1] - off[d]) > cap) {
+            bad = 2;
+            break;
+        }
+        for (int64_t p = off[d]; p < off[d + 1]; p++) {
+            int keep = 1;
+            if (cmask != NULL) {
+                const int32_t c = codes[p];
+                if (c < 0 || c >= ncent) {
+                    bad = 1;
+                    break;
+                }
+                keep = cmask[c] != 0;
+            }
+            pos[n] = p; /* written always, kept when selected (no branch to mispredict) */
+            rows[n] = r;
+            n += keep;
+        }
+        if (bad) break;
+    }
+    Py_END_ALLOW_THREADS if (bad == 1) {
+        PyErr_SetString(PyExc_IndexError, "select_tokens: a document, row, vector or centroid id is out of range");
+        return NULL;
+    }
+    if (bad == 2) {
+        PyErr_SetString(PyExc_ValueError, "select_tokens: output too small");
+        return NULL;
+    }
+    return PyLong_FromLongLong(n);
 }
 
 static PyObject *select_kernel(PyObject *self, PyObject *args) {
@@ -304,9 +489,12 @@ static PyObject *kernel(PyObject *self, PyObject *noargs) {
 }
 
 static PyMethodDef METHODS[] = {
-    {"gather_max", gather_max, METH_VARARGS, "best[rows[i]] = max(best[rows[i]], fp16 vec[pos[i]] @ qT)"},
+    {"gather_max", gather_max, METH_VARARGS, "best[rows[i]] = max(best[rows[i]], fp16 vec[pos[i]] @ query.T)"},
     {"gather_max_codes", gather_max_codes, METH_VARARGS,
-     "best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ qT)"},
+     "best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)"},
+    {"select_candidates", select_candidates, METH_VARARGS, "documents in the inverted lists of some centroids"},
+    {"select_ivf", select_ivf, METH_VARARGS, "positions and rows of kept centroids' vectors in selected documents"},
+    {"select_tokens", select_tokens, METH_VARARGS, "positions and rows of documents' vectors in selected centroids"},
     {"kernel", kernel, METH_NOARGS, "the kernel chosen for this CPU: avx512, avx2 or none"},
     {"select", select_kernel, METH_VARARGS, "use kernel avx512 or avx2 if this CPU runs it; returns whether it does"},
     {NULL, NULL, 0, NULL},

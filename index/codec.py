@@ -279,13 +279,16 @@ class ResidualCodec:
         rows: torch.Tensor,
         query: torch.Tensor,
         best: torch.Tensor,
+        trusted: bool = False,
     ) -> None:
         """In place ``best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)`` for the
         vectors (``codes``, ``packed``) of one segment: one fused pass on CPU where the compiled kernel
         runs (``kernels.gather_max_codes``), else ``decompress``, a matmul and a scatter-max."""
         if pos.numel() == 0:
             return
-        if kernels.gather_max_codes(self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best):
+        if kernels.gather_max_codes(
+            self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best, trusted
+        ):
             return
         p = pos.to(codes.device)
         kernels.scatter_max(best, rows, self.decompress(take(codes, p), take(packed, p)) @ query.T)

@@ -297,13 +297,13 @@ class MultiVectorIndex:
         scores, gidx = scores.cpu(), gidx.cpu()
         if gidx.numel():
             seg_of, local = snap.locate(gidx.clamp_min(0))
-        for r in range(gidx.shape[0]):
+            seg_of, local = seg_of.tolist(), local.tolist()
+        for r, (row_s, row_g) in enumerate(zip(scores.tolist(), gidx.tolist(), strict=True)):
             row = []
-            for c in range(gidx.shape[1]):
-                s = float(scores[r, c])
-                if gidx[r, c] < 0 or s == float("-inf"):
+            for c, (s, g) in enumerate(zip(row_s, row_g, strict=True)):
+                if g < 0 or s == float("-inf"):
                     break
-                row.append(Hit(snap.segments[int(seg_of[r, c])].ids[int(local[r, c])], s))
+                row.append(Hit(snap.segments[seg_of[r][c]].ids[local[r][c]], s))
             out.append(row)
         return out
 

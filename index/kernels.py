@@ -44,6 +44,112 @@ def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(shift, lengths, output_size=total) + torch.arange(total, device=starts.device)
 
 
+def _ptr(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """(t as a contiguous CPU tensor of ``dtype``, kept alive by the caller, and its address)."""
+    t = t.to("cpu", dtype).contiguous()
+    return t, t.data_ptr()
+
+
+def select_candidates(
+    ivf_offsets: torch.Tensor, ivf_docs: torch.Tensor, cells: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidates, rowmap): the documents (in increasing order) of the inverted lists (``ivf_offsets``
+    [C+1], ``ivf_docs``) of centroids ``cells`` (repeats allowed) that ``allowed`` [n_docs] (bool)
+    admits, and each document's rank among them (-1 for the others) [n_docs]. One pass in C on CPU
+    (ids checked there), torch elsewhere."""
+    n_docs = allowed.numel()
+    if FUSED is not None and ivf_offsets.device.type == "cpu" and ivf_docs.dtype == torch.int32:
+        off_c, off_p = _ptr(ivf_offsets, torch.int64)
+        cells_c, cells_p = _ptr(cells, torch.int64)
+        allowed_c, allowed_p = _ptr(allowed, torch.bool)
+        docs_c = ivf_docs.contiguous()
+        cand, rowmap = torch.empty(n_docs, dtype=torch.int64), torch.empty(n_docs, dtype=torch.int64)
+        n = FUSED.select_candidates(
+            off_p, off_c.numel() - 1, docs_c.data_ptr(), docs_c.numel(), cells_p, cells_c.numel(), allowed_p,
+            n_docs, cand.data_ptr(), rowmap.data_ptr(),
+        )  # fmt: skip
+        return cand[:n], rowmap
+    dev = allowed.device
+    off = ivf_offsets.to(dev)
+    mark = torch.zeros(n_docs, dtype=torch.bool, device=dev)
+    mark[ivf_docs.to(dev)[ranges(off[cells], off[cells + 1] - off[cells])].long()] = True
+    cand = (mark & allowed).nonzero().flatten()
+    rowmap = torch.full((n_docs,), -1, dtype=torch.int64, device=dev)
+    rowmap[cand] = torch.arange(cand.numel(), device=dev)
+    return cand, rowmap
+
+
+def select_ivf(
+    voff: torch.Tensor,
+    order: torch.Tensor,
+    order_docs: torch.Tensor,
+    kept: torch.Tensor,
+    rowmap: torch.Tensor,
+    m: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, output rows) of the vectors of centroids ``kept`` whose document d is selected
+    (``rowmap[d] >= 0``, the row, below m). ``voff`` [C+1] / ``order`` / ``order_docs`` [T] are a
+    segment's centroid -> vector inverted lists (``Segment.vector_ivf``). One pass in C on CPU (ids are
+    checked there, so the kernel may trust the result), torch elsewhere."""
+    if FUSED is not None and voff.device.type == "cpu" and order.dtype == order_docs.dtype == torch.int32:
+        voff_c, voff_p = _ptr(voff, torch.int64)
+        kept_c, kept_p = _ptr(kept, torch.int64)
+        map_c, map_p = _ptr(rowmap, torch.int64)
+        order_c, order_docs_c = order.contiguous(), order_docs.contiguous()
+        args = (voff_p, order_c.data_ptr(), order_docs_c.data_ptr(), order_c.numel(), kept_p, kept_c.numel(),
+                voff_c.numel() - 1, map_p, map_c.numel(), m)  # fmt: skip
+        cap = FUSED.select_ivf(*args, 0, 0, -1)
+        pos, rows = torch.empty(cap, dtype=torch.int64), torch.empty(cap, dtype=torch.int64)
+        n = FUSED.select_ivf(*args, pos.data_ptr(), rows.data_ptr(), cap)
+        return pos[:n], rows[:n]
+    dev = rowmap.device
+    voff = voff.to(dev)
+    idx = ranges(voff[kept], voff[kept + 1] - voff[kept])
+    rows = take(rowmap, take(order_docs, idx.to(order_docs.device)).to(dev).long())
+    inside = rows >= 0
+    return take(order, idx[inside].to(order.device)).long(), rows[inside]
+
+
+def select_tokens(
+    offsets: torch.Tensor,
+    locs: torch.Tensor,
+    codes: torch.Tensor,
+    cmask: torch.Tensor | None,
+    rows: torch.Tensor | None = None,
+    m: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, output rows) of the vectors of local documents ``locs`` (CSR ``offsets``), document i
+    going to row ``rows[i]`` (default i; below m, default len(locs)), keeping those whose centroid
+    ``codes[p]`` has ``cmask`` set ([C] bool; None keeps all). Positions are document-major. One pass
+    in C on CPU (ids checked there), torch elsewhere."""
+    m = locs.numel() if m is None else m
+    if locs.numel() == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=offsets.device)
+        return empty, empty
+    if FUSED is not None and offsets.device.type == "cpu" and codes.dtype == torch.int32:
+        off_c, off_p = _ptr(offsets, torch.int64)
+        locs_c, locs_p = _ptr(locs, torch.int64)
+        rows_c, rows_p = _ptr(rows, torch.int64) if rows is not None else (None, 0)
+        mask_c, mask_p = _ptr(cmask, torch.bool) if cmask is not None else (None, 0)
+        codes_c = codes.contiguous()
+        args = (off_p, off_c.numel() - 1, locs_p, locs_c.numel(), rows_p, m, codes_c.data_ptr(), codes_c.numel(),
+                mask_p, mask_c.numel() if mask_c is not None else 0)  # fmt: skip
+        cap = FUSED.select_tokens(*args, 0, 0, -1)
+        pos, out_rows = torch.empty(cap, dtype=torch.int64), torch.empty(cap, dtype=torch.int64)
+        n = FUSED.select_tokens(*args, pos.data_ptr(), out_rows.data_ptr(), cap)
+        return pos[:n], out_rows[:n]
+    dev = offsets.device
+    locs = locs.to(dev, torch.int64)
+    lengths = offsets[locs + 1] - offsets[locs]
+    pos = ranges(offsets[locs], lengths)
+    row_of = rows.to(dev, torch.int64) if rows is not None else torch.arange(locs.numel(), device=dev)
+    out_rows = torch.repeat_interleave(row_of, lengths, output_size=pos.numel())
+    if cmask is not None and pos.numel():
+        pick = take(cmask, take(codes, pos).to(cmask.device).long()).to(dev)
+        pos, out_rows = pos[pick], out_rows[pick]
+    return pos, out_rows
+
+
 def padded_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[m, Lmax] positions of m documents; padding repeats each document's last token, which leaves
     any max over its tokens unchanged (documents without tokens point at their start)."""
@@ -94,40 +200,56 @@ def _fused_dim(dim: int) -> bool:
     return dim % 16 == 0 and 0 < dim <= 1024
 
 
-def _run_fused(fn, table_rows: int, pos: torch.Tensor, rows: torch.Tensor, query: torch.Tensor, best: torch.Tensor):
-    """Calls kernel ``fn(*operands)`` after checking positions and rows and padding the query tokens to
-    a multiple of 16 (zero query columns; the padded best columns are dropped)."""
+def _run_fused(
+    fn, table_rows: int, pos: torch.Tensor, rows: torch.Tensor, query: torch.Tensor, best: torch.Tensor, trusted: bool
+):
+    """Calls kernel ``fn(*operands)`` after checking positions and rows (unless ``trusted``: made by the
+    ``select_*`` functions, which check them) and padding the query tokens to a multiple of 16 (zero
+    rows; the padded best columns are dropped)."""
     pos = pos.to(torch.int64).contiguous()
     rows = rows.to(torch.int64).contiguous()
     m = best.shape[0]
-    if int(pos.min()) < 0 or int(pos.max()) >= table_rows or int(rows.min()) < 0 or int(rows.max()) >= m:
+    if not trusted and (
+        int(pos.min()) < 0 or int(pos.max()) >= table_rows or int(rows.min()) < 0 or int(rows.max()) >= m
+    ):
         raise IndexError("fused scoring: a vector position or an output row is out of range")
     lq, dim = query.shape
     lqp = -(-lq // 16) * 16
-    q_t = torch.zeros(dim, lqp)
-    q_t[:, :lq] = query.T
+    if lqp == lq:
+        q = query.to(torch.float32).contiguous()
+    else:
+        q = torch.zeros(lqp, dim)
+        q[:lq] = query
     direct = best.dtype == torch.float32 and best.is_contiguous() and lqp == lq
     out = best if direct else torch.full((m, lqp), float("-inf"))
     if not direct:
         out[:, :lq] = best
-    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q_t.data_ptr(), lqp, out.data_ptr())
+    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q.data_ptr(), lqp, out.data_ptr())
     if not direct:
         best.copy_(out[:, :lq])
 
 
-def gather_max(vectors: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, query: torch.Tensor, best: torch.Tensor):
+def gather_max(
+    vectors: torch.Tensor,
+    pos: torch.Tensor,
+    rows: torch.Tensor,
+    query: torch.Tensor,
+    best: torch.Tensor,
+    trusted: bool = False,
+):
     """In place: ``best[rows[i]] = max(best[rows[i]], vectors[pos[i]] @ query.T)``.
 
     vectors [T, dim] (fp16 originals, or any float table), pos and rows [n] integer, query [Lq, dim]
     float32, best [m, Lq] float32. On CPU with fp16 vectors this is one pass of the compiled kernel
     (no [n, dim] fp32 copy, no [n, Lq] similarity matrix; one thread, the GIL released); elsewhere
     gather, matmul and scatter-max in torch. Both give the same values up to float rounding (the order
-    of the sums differs)."""
+    of the sums differs). ``trusted`` skips the kernel's bounds checks for positions and rows that the
+    ``select_*`` functions made."""
     if pos.numel() == 0:
         return
     if fused_ok(vectors, query) and best.device.type == "cpu":
         ptr = vectors.data_ptr()
-        _run_fused(lambda *a: FUSED.gather_max(ptr, *a), vectors.shape[0], pos, rows, query, best)
+        _run_fused(lambda *a: FUSED.gather_max(ptr, *a), vectors.shape[0], pos, rows, query, best, trusted)
         return
     scatter_max(best, rows, take(vectors, pos.to(vectors.device)).to(best.device).float() @ query.T)
 
@@ -142,6 +264,7 @@ def gather_max_codes(
     rows: torch.Tensor,
     query: torch.Tensor,
     best: torch.Tensor,
+    trusted: bool = False,
 ) -> bool:
     """``gather_max`` over compressed vectors, rebuilt in the kernel: centroids [C, dim] float32,
     codes [T] int32 (each below C: the caller checks, see ``Segment.score_max``), packed [T, B] uint8,
@@ -164,5 +287,5 @@ def gather_max_codes(
         return True
     nbytes, per = packed.shape[1], lut.shape[1]
     head = (centroids.data_ptr(), codes.data_ptr(), packed.data_ptr(), nbytes, lut.data_ptr(), per, bool(normalize))
-    _run_fused(lambda *a: FUSED.gather_max_codes(*head, *a), codes.shape[0], pos, rows, query, best)
+    _run_fused(lambda *a: FUSED.gather_max_codes(*head, *a), codes.shape[0], pos, rows, query, best, trusted)
     return True

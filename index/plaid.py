@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from tessera.index.exact import score_few, topk
-from tessera.index.kernels import ranges, take
+from tessera.index.exact import topk
+from tessera.index.kernels import select_candidates, select_ivf, select_tokens, sum_best
 from tessera.index.snapshot import Snapshot
 
 PARAMS = {
@@ -83,6 +83,7 @@ def stage2(
     snap: Snapshot,
     query: torch.Tensor,
     ST: torch.Tensor,
+    cmax: torch.Tensor,
     mask: torch.Tensor,
     ncells: int,
     threshold: float,
@@ -90,80 +91,70 @@ def stage2(
     stats: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1-2 for one query: ([n, Lq] per query token the best similarity among each candidate's
-    vectors in kept centroids (0 if none), [n] global document numbers of the n candidates).
-    ``ST`` [C, Lq] holds centroid x query-token scores."""
+    vectors in kept centroids (-inf if none), [n] global document numbers of the n candidates).
+    ``ST`` [C, Lq] holds centroid x query-token scores, ``cmax`` [C] each centroid's best."""
     C, lq = ST.shape
     dev = ST.device
-    if ncells == 1:  # each query token's best centroid (ST is a view of [Lq, C]: argmax runs along rows)
-        cells = ST.argmax(0).unique()
+    if ncells == 1 and dev.type == "cpu":  # each query token's best centroid (numpy's argmax is much faster)
+        cells = torch.from_numpy(ST.T.numpy().argmax(1))
+    elif ncells == 1:
+        cells = ST.argmax(0)
     else:
-        cells = ST.topk(min(ncells, C), dim=0).indices.flatten().unique()
-    kept = (ST.amax(1) >= threshold).nonzero().flatten()
+        cells = ST.topk(min(ncells, C), dim=0).indices.flatten()
+    kept = (cmax >= threshold).nonzero().flatten()
     bases = snap.bases.tolist()
     out_b, out_g = [], []
     for s, seg in enumerate(snap.segments):
-        ivf_off = seg.ivf_offsets.to(dev)
-        cand = torch.zeros(seg.n_docs, dtype=torch.bool, device=dev)
-        cand[seg.ivf_docs.to(dev)[ranges(ivf_off[cells], ivf_off[cells + 1] - ivf_off[cells])].long()] = True
-        cand &= mask[bases[s] : bases[s + 1]].to(dev)
-        cand_idx = cand.nonzero().flatten()
-        n_cand = cand_idx.numel()
+        cand, rowmap = select_candidates(seg.ivf_offsets, seg.ivf_docs, cells, mask[bases[s] : bases[s + 1]])
+        n_cand = cand.numel()
         _add(stats, "candidates", n_cand)
         if n_cand == 0:
             continue
-        voff, order, order_docs = seg.vector_ivf(C)
-        voff = voff.to(dev)
-        idx = ranges(voff[kept], voff[kept + 1] - voff[kept])
-        docs = take(order_docs, idx.to(order_docs.device)).to(dev).long()
-        inside = cand[docs]
-        docs = docs[inside]
-        pos = take(order, idx[inside].to(order.device))
-        # a query token none of whose kept vectors occur in the document contributes 0 (as in PLAID)
-        best = torch.zeros(n_cand, lq, device=dev)
-        if pos.numel():
-            _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
-            compact = torch.full((seg.n_docs,), -1, dtype=torch.int64, device=dev)
-            compact[cand_idx] = torch.arange(n_cand, device=dev)
-            seg.score_max(snap.codec, pos, compact[docs], query, best, full)
+        pos, rows = select_ivf(*seg.vector_ivf(C), kept, rowmap, n_cand)
+        best = torch.full((n_cand, lq), float("-inf"), device=dev)
+        _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
+        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
         out_b.append(best)
-        out_g.append(cand_idx + bases[s])
+        out_g.append(cand.to(dev) + bases[s])
+    if len(out_b) == 1:
+        return out_b[0], out_g[0]
     if not out_b:
         return torch.empty(0, lq, device=dev), torch.empty(0, dtype=torch.int64, device=dev)
     return torch.cat(out_b), torch.cat(out_g)
 
 
-def stage3(
+def score_tokens(
     snap: Snapshot,
     query: torch.Tensor,
-    ST: torch.Tensor,
     best: torch.Tensor,
     gidx: torch.Tensor,
-    low: float,
-    high: float,
+    cmask: torch.Tensor,
     full: bool,
     stats: dict,
-) -> torch.Tensor:
-    """``best`` [m, Lq] of documents ``gidx`` raised by their tokens whose centroid's best score lies
-    in [low, high) (the tokens stage 2 did not see); returns the new [m, Lq]."""
-    cmax = ST.amax(1)
-    tier = (cmax >= low) & (cmax < high)
-    best = best.clone()
-    seg_of, local = snap.locate(gidx.cpu())
-    for s in torch.unique(seg_of).tolist():
-        sel = (seg_of == s).nonzero().flatten()
-        seg = snap.segments[s]
-        loc = local[sel].to(seg.device)
-        lengths = seg.lengths[loc]
-        pos = ranges(seg.offsets[loc], lengths)  # document-major
-        if pos.numel() == 0:
-            continue
-        row = torch.repeat_interleave(sel.to(seg.device), lengths, output_size=pos.numel())
-        pick = take(tier, take(seg.codes, pos).to(ST.device)).nonzero().flatten()
-        if pick.numel() == 0:
-            continue
-        _add(stats, "stage3_dot_products", int(pick.numel()) * query.shape[0])
-        seg.score_max(snap.codec, pos[pick.to(pos.device)], row[pick.to(row.device)].to(ST.device), query, best, full)
-    return best
+    stage: int,
+) -> None:
+    """In place: ``best`` [m, Lq] of documents ``gidx`` raised by their vectors whose centroid is set in
+    ``cmask`` [C] (stage 3: the tier stage 2 did not see; stage 4: all the rest)."""
+    gidx = gidx.cpu()
+    if len(snap.segments) == 1:
+        parts = [(snap.segments[0], gidx, None)]
+    else:
+        seg_of, local = snap.locate(gidx)
+        parts = []
+        for s in torch.unique(seg_of).tolist():
+            sel = (seg_of == s).nonzero().flatten()
+            parts.append((snap.segments[s], local[sel], sel))
+    for seg, local, rows in parts:
+        pos, rows = select_tokens(seg.offsets, local, seg.codes, cmask, rows, best.shape[0])
+        _add(stats, f"stage{stage}_dot_products", int(pos.numel()) * query.shape[0])
+        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
+
+
+def _approx(best: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Approximate scores of stages 2-3: a query token that no scored vector of the document matched
+    contributes 0 (as in PLAID)."""
+    best = best.clamp_min(0)
+    return best @ w if w is not None else best.sum(1)
 
 
 def search(
@@ -187,22 +178,26 @@ def search(
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
         ST = (query @ centroids.T).T  # [C, Lq], a view of contiguous [Lq, C] (fast reductions over C)
-        best, gidx = stage2(snap, query, ST, mask, p["ncells"], thr, full, stats)
+        cmax = ST.amax(1)
+        best, gidx = stage2(snap, query, ST, cmax, mask, p["ncells"], thr, full, stats)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
-            approx = best @ w if w is not None else best.sum(1)
-            top = approx.topk(p["ndocs"]).indices
+            top = _approx(best, w).topk(p["ndocs"]).indices
             best, gidx = best[top], gidx[top]
+        seen = thr  # vectors of centroids scoring at least this have been scored for every document in gidx
         if gidx.numel() > p["nfinal"]:
-            if p["tier_threshold"] < thr:
-                best = stage3(snap, query, ST, best, gidx, p["tier_threshold"], thr, full, stats)
-            approx = best @ w if w is not None else best.sum(1)
-            gidx = gidx[approx.topk(p["nfinal"]).indices]
+            low = p["tier_threshold"]
+            if low < thr:
+                score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3)
+                seen = low
+            top = _approx(best, w).topk(p["nfinal"]).indices
+            best, gidx = best[top], gidx[top]
+        # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
+        score_tokens(snap, query, best, gidx, cmax < seen, full, stats, 4)
         gidx = gidx.cpu()
-        scores = score_few(snap, query, gidx, w, full)[None].cpu()
+        scores = sum_best(best, snap.lengths_all[gidx], w)[None].cpu()
         _add(stats, "scored_docs", int(gidx.numel()))
-        _add(stats, "stage4_dot_products", int(queries.shape[1] * snap.lengths_all[gidx].sum()))
         s, i = topk(scores, gidx, k)
         out_s[q], out_i[q] = s[0], i[0]
     stats["dot_products"] = sum(stats.get(f"stage{n}_dot_products", 0) for n in (2, 3, 4))

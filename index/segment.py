@@ -225,12 +225,14 @@ class Segment:
         query: torch.Tensor,
         best: torch.Tensor,
         full: bool = True,
+        trusted: bool = False,
     ) -> None:
         """In place ``best[rows[i]] = max(best[rows[i]], v_i @ query.T)`` for the vectors v_i at positions
         ``pos``: the stored originals when kept (and ``full``), else decompressed residuals; fused into
-        one pass on CPU (``tessera.index.kernels``)."""
+        one pass on CPU (``tessera.index.kernels``). ``trusted``: positions and rows come from the
+        ``kernels.select_*`` functions over this segment's tables (already checked)."""
         if full and self.vectors is not None:
-            gather_max(self.vectors, pos.to(self.device), rows, query, best)
+            gather_max(self.vectors, pos.to(self.device), rows, query, best, trusted)
             return
         if "codes_range" not in self.cache:  # the compiled kernel trusts centroid ids: check them once
             n = self.codes.numel()
@@ -238,7 +240,7 @@ class Segment:
         low, high = self.cache["codes_range"]
         if low < 0 or high >= codec.ncentroids:
             raise IndexError(f"segment {self.name}: centroid ids {low}..{high} outside 0..{codec.ncentroids - 1}")
-        codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best)
+        codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best, trusted)
 
     def decompress(
         self, codec: ResidualCodec, local: torch.Tensor, full: bool = True

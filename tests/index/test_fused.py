@@ -145,6 +145,107 @@ def test_search_gives_the_same_hits_with_and_without_the_kernel(
         )
 
 
+@pytest.fixture(scope="module")
+def two_segments(corpus, doc_ids):
+    """An index of two segments, some documents deleted (read-only)."""
+    half = len(doc_ids) // 2
+    index = build(corpus.docs.select(list(range(half))), doc_ids[:half], keep_vectors=True)
+    index.add(doc_ids[half:], corpus.docs.select(list(range(half, len(doc_ids)))))
+    index.delete(doc_ids[::9])
+    assert len(index.snapshot.segments) == 2
+    return index
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("params", [{}, {"full_rerank": False}, {"ncells": 2, "ndocs": 40, "nfinal": 12}])
+def test_multi_segment_plaid_matches_the_torch_path(two_segments, queries, doc_ids, monkeypatch, params):
+    allowed = doc_ids[1::2]
+    fused = two_segments.search(queries, k=10, method="plaid", params=params)
+    filtered = two_segments.search(queries, k=10, method="plaid", params=params, allowed_ids=allowed)
+    monkeypatch.setattr(kernels, "FUSED", None)
+    assert [[h.id for h in r] for r in two_segments.search(queries, k=10, method="plaid", params=params)] == [
+        [h.id for h in r] for r in fused
+    ]
+    plain = two_segments.search(queries, k=10, method="plaid", params=params, allowed_ids=allowed)
+    assert [[h.id for h in r] for r in plain] == [[h.id for h in r] for r in filtered]
+    assert all(h.id in set(allowed) for r in filtered for h in r)
+
+
+def _csr(g: torch.Generator, n_rows: int, n_items: int, max_len: int):
+    lengths = torch.randint(0, max_len, (n_rows,), generator=g)
+    offsets = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0))
+    return offsets, torch.randint(0, n_items, (int(offsets[-1]),), generator=g, dtype=torch.int32)
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_selections_match_torch(monkeypatch, seed):
+    """select_candidates / select_ivf / select_tokens in C give what their torch paths give, in order."""
+    g = torch.Generator().manual_seed(seed)
+    C, n_docs = 50, 80
+    ivf_off, ivf_docs = _csr(g, C, n_docs, 12)  # centroid -> documents
+    doc_off, codes = _csr(g, n_docs, C, 20)  # document -> its vectors' centroids
+    order = torch.argsort(codes, stable=True).to(torch.int32)
+    voff = torch.nn.functional.pad(torch.cumsum(torch.bincount(codes.long(), minlength=C), 0), (1, 0))
+    order_docs = (torch.searchsorted(doc_off, order.long(), right=True) - 1).to(torch.int32)
+    cells = torch.randint(0, C, (9,), generator=g)  # repeats allowed
+    allowed = torch.rand(n_docs, generator=g) < 0.7
+    kept = torch.randperm(C, generator=g)[:20]
+    cmask = torch.rand(C, generator=g) < 0.4
+    locs = torch.randperm(n_docs, generator=g)[:30]
+    rows = torch.randint(0, 7, (30,), generator=g)
+
+    def run():
+        cand, rowmap = kernels.select_candidates(ivf_off, ivf_docs, cells, allowed)
+        return (
+            (cand, rowmap),
+            kernels.select_ivf(voff, order, order_docs, kept, rowmap, cand.numel()),
+            kernels.select_tokens(doc_off, locs, codes, cmask),
+            kernels.select_tokens(doc_off, locs, codes, None, rows, 7),
+        )
+
+    fused = run()
+    monkeypatch.setattr(kernels, "FUSED", None)
+    plain = run()
+    for a, b in zip(fused, plain, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.long(), y.long())
+    assert fused[1][0].numel() > 0 and fused[2][0].numel() > 0
+    assert int(fused[3][0].numel()) == int((doc_off[locs + 1] - doc_off[locs]).sum())
+
+
+@needs_kernel
+def test_selections_reject_out_of_range_ids():
+    """The kernel trusts what the selections return: they check every id against the tables."""
+    offsets = torch.tensor([0, 2, 5])  # 2 documents, 5 vectors
+    codes = torch.tensor([0, 1, 2, 1, 0], dtype=torch.int32)
+    cmask = torch.ones(3, dtype=torch.bool)
+    with pytest.raises(IndexError):
+        kernels.select_tokens(offsets, torch.tensor([2]), codes, cmask)  # no document 2
+    with pytest.raises(IndexError):
+        kernels.select_tokens(offsets, torch.tensor([0, 1]), codes, None, torch.tensor([0, 3]), 3)  # row 3 of 3
+    with pytest.raises(IndexError):
+        kernels.select_tokens(offsets, torch.tensor([1]), torch.tensor([0, 1, 2, 3, 0], dtype=torch.int32), cmask)
+    with pytest.raises(IndexError):  # offsets beyond the vectors
+        kernels.select_tokens(torch.tensor([0, 2, 9]), torch.tensor([1]), codes, cmask)
+    voff = torch.tensor([0, 2, 4, 5])
+    order = torch.tensor([0, 4, 1, 3, 2], dtype=torch.int32)
+    order_docs = torch.tensor([0, 1, 0, 1, 1], dtype=torch.int32)
+    rowmap = torch.tensor([0, 1])
+    assert kernels.select_ivf(voff, order, order_docs, torch.tensor([1]), rowmap, 2)[0].tolist() == [1, 3]
+    with pytest.raises(IndexError):
+        kernels.select_ivf(voff, order, order_docs, torch.tensor([3]), rowmap, 2)  # no centroid 3
+    with pytest.raises(IndexError):
+        kernels.select_ivf(voff, order, order_docs, torch.tensor([0]), torch.tensor([0, 2]), 2)  # row 2 of 2
+    with pytest.raises(IndexError):
+        kernels.select_ivf(voff, order, torch.tensor([0, 5, 0, 1, 1], dtype=torch.int32), torch.tensor([0]), rowmap, 2)
+    with pytest.raises(IndexError):
+        kernels.select_candidates(voff, order_docs, torch.tensor([0]), torch.ones(1, dtype=torch.bool))  # doc 1 of 1
+    with pytest.raises(IndexError):
+        kernels.select_candidates(voff, order_docs, torch.tensor([-1]), torch.ones(2, dtype=torch.bool))
+
+
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
 def test_segment_refuses_centroid_ids_beyond_the_codebook(corpus, doc_ids, queries):

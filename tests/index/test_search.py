@@ -126,28 +126,36 @@ def test_xtr_imputes_missing_similarities(built, queries):
 
 def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
     """Stage 2: per query token, the best exact similarity among a candidate's vectors in kept centroids
-    (0 if none); stage 3 adds the tokens of the next tier; with every tier it is exact MaxSim."""
+    (-inf if none); stage 3 adds the vectors of the next tier; stage 4 the rest, which makes it exact
+    MaxSim."""
     snap = built.snapshot
     seg = snap.segments[0]
     q = queries[0]
     ST = snap.codec.centroids @ q.T
-    best, gidx = plaid.stage2(snap, q, ST, snap.alive_all, 1, 0.5, True, {})
-    kept = ST.amax(1) >= 0.5
+    cmax = ST.amax(1)
+    best, gidx = plaid.stage2(snap, q, ST, cmax, snap.alive_all, 1, 0.5, True, {})
+    kept = cmax >= 0.5
     for j in range(0, gidx.numel(), max(1, gidx.numel() // 10)):
         d = int(gidx[j])
         span = slice(int(seg.offsets[d]), int(seg.offsets[d + 1]))
         sims = snap.codec.decompress(seg.codes[span], seg.residuals[span]) @ q.T
         sel = kept[seg.codes[span].long()]
-        want = sims[sel].amax(0).clamp_min(0) if sel.any() else torch.zeros(q.shape[0])
+        want = sims[sel].amax(0) if sel.any() else torch.full((q.shape[0],), float("-inf"))
         assert torch.allclose(best[j], want, atol=1e-5)
     some = gidx[:20]
-    lower = plaid.stage3(snap, q, ST, best[:20], some, 0.3, 0.5, True, {}).sum(1)
-    full = plaid.stage3(snap, q, ST, best[:20], some, -2.0, 0.5, True, {}).sum(1)
+    lower, stats = best[:20].clone(), {}
+    plaid.score_tokens(snap, q, lower, some, (cmax >= 0.3) & (cmax < 0.5), True, stats, 3)
+    full = lower.clone()
+    plaid.score_tokens(snap, q, full, some, cmax < 0.3, True, stats, 4)
     ids = [snap.id_of(int(g)) for g in some]
     scores = {h.id: h.score for h in built.score(q, ids)}
     exact = torch.tensor([scores[i] for i in ids])
-    assert (lower <= full + 1e-4).all()
-    assert torch.allclose(full, exact, atol=1e-3)
+    assert (plaid._approx(lower, None) <= full.sum(1) + 1e-4).all()
+    assert torch.allclose(full.sum(1), exact, atol=1e-3)
+    # every vector of the 20 documents was scored exactly once over the three stages
+    for mask, key in (((cmax >= 0.3) & (cmax < 0.5), "stage3_dot_products"), (cmax < 0.3, "stage4_dot_products")):
+        n = sum(int(mask[seg.codes[seg.offsets[int(g)] : seg.offsets[int(g) + 1]].long()].sum()) for g in some)
+        assert stats[key] == n * q.shape[0]
 
 
 def test_xtr_scores_probed_vectors_with_the_originals_when_kept(corpus, doc_ids, queries):
