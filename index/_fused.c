@@ -3,6 +3,7 @@
  * For i < n, t < lqp:  best[rows[i], t] = max(best[rows[i], t], sum_d v_i[d] * qT[d, t])
  * where v_i is row pos[i] of
  *   gather_max:       fp16 originals vec [T, dim] (raw uint16), or
+ *   scores:           float32 rows table [n, dim] in order (pos[i] = rows[i] = i; the centroid scores), or
  *   gather_max_codes: a compressed vector: centroids[codes[pos[i]]] + the residual that the bytes
  *                     packed[pos[i], :] select in the lookup table lut [B * 256, per] (byte j with value
  *                     b adds lut[j * 256 + b] to dims j * per .. j * per + per - 1), divided by its norm
@@ -25,12 +26,15 @@
 #include <string.h>
 
 #define MAX_DIM 1024
+#define MAX_LQ 1024
 #define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
 #define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
 typedef struct {
     /* fp16 originals */
     const uint16_t *vec;
+    /* or float32 rows, read in order (pos and rows NULL: row i goes to best row i) */
+    const float *vec32;
     /* or compressed vectors */
     const float *centroids;
     const int32_t *codes;
@@ -54,6 +58,7 @@ typedef void (*kernel_t)(const job_t *);
 #include <immintrin.h>
 
 static inline void prefetch(const job_t *j, int64_t from, int64_t to) {
+    if (j->pos == NULL) return; /* rows in order: the hardware prefetcher sees them coming */
     for (int64_t k = from; k < to && k < j->n; k++) {
         const int64_t p = j->pos[k];
         if (j->vec != NULL) {
@@ -67,6 +72,7 @@ static inline void prefetch(const job_t *j, int64_t from, int64_t to) {
 }
 
 static inline void prefetch_far(const job_t *j, int64_t from, int64_t to) {
+    if (j->pos == NULL) return;
     for (int64_t k = from; k < to && k < j->n; k++) {
         const int64_t p = j->pos[k];
         if (j->vec != NULL) {
@@ -108,6 +114,8 @@ static inline float rebuild(const job_t *j, int64_t p, float *buf) {
     return 1.0f / (norm > 1e-12f ? norm : 1e-12f);
 }
 
+static inline int64_t out_row(const job_t *j, int64_t i) { return j->rows != NULL ? j->rows[i] : i; }
+
 /* Loads rows i .. i + ROWS - 1 (fewer at the end: the missing ones repeat row i and are not stored)
  * into buf as float32, prefetching those PREFETCH_AHEAD further on (and the first line of those
  * PREFETCH_FAR further on); returns how many are real. */
@@ -118,8 +126,11 @@ __attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t
     prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + ROWS);
     prefetch_far(j, i + PREFETCH_FAR, i + PREFETCH_FAR + ROWS);
     for (int v = 0; v < ROWS; v++) {
-        const int64_t p = j->pos[i + (v < cnt ? v : 0)];
-        if (j->vec != NULL) {
+        const int64_t p = j->pos != NULL ? j->pos[i + (v < cnt ? v : 0)] : i + (v < cnt ? v : 0);
+        if (j->vec32 != NULL) {
+            memcpy(buf[v], j->vec32 + p * j->dim, (size_t)j->dim * sizeof(float));
+            scale[v] = 1.0f;
+        } else if (j->vec != NULL) {
             const uint16_t *r = j->vec + p * j->dim;
             for (int64_t d = 0; d < j->dim; d += 8)
                 _mm256_store_ps(buf[v] + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + d))));
@@ -162,7 +173,7 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
             const __m512 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
             for (int v = 0; v < cnt; v++) {
                 const __m512 s = _mm512_set1_ps(scale[v]);
-                float *o = j->best + j->rows[i + v] * lqp + tb * 16;
+                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
                 _mm512_storeu_ps(o, _mm512_max_ps(_mm512_loadu_ps(o), _mm512_mul_ps(acc[v][0], s)));
                 _mm512_storeu_ps(o + 16, _mm512_max_ps(_mm512_loadu_ps(o + 16), _mm512_mul_ps(acc[v][1], s)));
             }
@@ -179,7 +190,7 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
             }
             const __m512 acc[4] = {a0, a1, a2, a3};
             for (int v = 0; v < cnt; v++) {
-                float *o = j->best + j->rows[i + v] * lqp + tb * 16;
+                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
                 _mm512_storeu_ps(o, _mm512_max_ps(_mm512_loadu_ps(o), _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v]))));
             }
         }
@@ -217,7 +228,7 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
             const __m256 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
             for (int v = 0; v < cnt; v++) {
                 const __m256 s = _mm256_set1_ps(scale[v]);
-                float *o = j->best + j->rows[i + v] * lqp + tb;
+                float *o = j->best + out_row(j, i + v) * lqp + tb;
                 _mm256_storeu_ps(o, _mm256_max_ps(_mm256_loadu_ps(o), _mm256_mul_ps(acc[v][0], s)));
                 _mm256_storeu_ps(o + 8, _mm256_max_ps(_mm256_loadu_ps(o + 8), _mm256_mul_ps(acc[v][1], s)));
             }
@@ -276,6 +287,47 @@ static PyObject *gather_max(PyObject *self, PyObject *args) {
     job_t job = {0};
     job.vec = (const uint16_t *)vec;
     return run_job(&job, dim, pos, rows, n, q, lqp, best);
+}
+
+/* Row maxima (over the first lq columns) and, per column t < lq, the first row holding its maximum, of
+ * out [n, lqp]. Branch-free, so that the compiler vectorises it. */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2")))
+#endif
+static void reduce_scores(const float *out, int64_t n, int64_t lq, int64_t lqp, float *rowmax, int64_t *argmax) {
+    float colmax[MAX_LQ];
+    int32_t arg[MAX_LQ];
+    for (int64_t t = 0; t < lq; t++) colmax[t] = -INFINITY, arg[t] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *o = out + i * lqp;
+        float m = -INFINITY;
+        for (int64_t t = 0; t < lq; t++) {
+            const float v = o[t];
+            const int gt = v > colmax[t];
+            m = v > m ? v : m;
+            colmax[t] = gt ? v : colmax[t];
+            arg[t] = gt ? (int32_t)i : arg[t];
+        }
+        rowmax[i] = m;
+    }
+    for (int64_t t = 0; t < lq; t++) argmax[t] = arg[t];
+}
+
+static PyObject *scores(PyObject *self, PyObject *args) {
+    Py_ssize_t table, dim, n, q, lq, lqp, out, rowmax, argmax;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &table, &dim, &n, &q, &lq, &lqp, &out, &rowmax, &argmax)) return NULL;
+    if (KERNEL == NULL) Py_RETURN_FALSE;
+    if (lq <= 0 || lq > lqp || lq > MAX_LQ) {
+        PyErr_SetString(PyExc_ValueError, "scores: need 0 < lq <= lqp and lq <= 1024");
+        return NULL;
+    }
+    job_t job = {0};
+    job.vec32 = (const float *)table;
+    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out);
+    if (ran == NULL || rowmax == 0) return ran;
+    Py_BEGIN_ALLOW_THREADS reduce_scores((const float *)out, n, lq, lqp, (float *)rowmax, (int64_t *)argmax);
+    Py_END_ALLOW_THREADS return ran;
 }
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
@@ -490,6 +542,8 @@ static PyObject *kernel(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef METHODS[] = {
     {"gather_max", gather_max, METH_VARARGS, "best[rows[i]] = max(best[rows[i]], fp16 vec[pos[i]] @ query.T)"},
+    {"scores", scores, METH_VARARGS,
+     "out[i] = max(out[i], float32 table[i] @ query.T) for i < n; optionally row maxima and column argmaxima"},
     {"gather_max_codes", gather_max_codes, METH_VARARGS,
      "best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)"},
     {"select_candidates", select_candidates, METH_VARARGS, "documents in the inverted lists of some centroids"},

@@ -254,6 +254,35 @@ def gather_max(
     scatter_max(best, rows, take(vectors, pos.to(vectors.device)).to(best.device).float() @ query.T)
 
 
+def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(``S = table @ query.T`` [n, Lq] float32, ``S.amax(1)`` [n], ``S.argmax(0)`` [Lq]): the centroid
+    scores of ``plaid``, each centroid's best and each query token's best centroid. One pass of the
+    compiled kernel over the rows in order on CPU (no packing of the table as a BLAS product does,
+    which matters when it has left the cache since the last query; the maxima in the same call);
+    torch elsewhere. Same values either way (up to float rounding; first index on ties)."""
+    lq, dim = query.shape
+    n = table.shape[0]
+    if (
+        FUSED is not None
+        and table.device.type == query.device.type == "cpu"
+        and table.dtype == torch.float32
+        and table.is_contiguous()
+        and _fused_dim(dim)
+        and n > 0
+    ):
+        lqp = -(-lq // 16) * 16
+        q = torch.zeros(lqp, dim)
+        q[:lq] = query
+        out = torch.full((n, lqp), float("-inf"))
+        rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
+        FUSED.scores(
+            table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr()
+        )
+        return out[:, :lq], rowmax, argmax
+    S = (query @ table.T).T  # a view of [Lq, n]: the reductions over n run along rows
+    return S, S.amax(1), S.argmax(0)
+
+
 def gather_max_codes(
     centroids: torch.Tensor,
     codes: torch.Tensor,

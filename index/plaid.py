@@ -13,18 +13,23 @@ defaults by k):
 3. refinement of those ``ndocs``: their tokens in centroids scoring at least ``tier_threshold``
    (default ``centroid_score_threshold - 0.2``) are scored too, which makes the approximation a tight
    lower bound of the exact MaxSim; keep the top ``nfinal`` (default ``max(2k, ndocs // 8)``);
-4. exact MaxSim of the survivors on their stored full-precision vectors when the index keeps them
-   (``keep_vectors``; ``full_rerank=False`` ignores them) or else on decompressed residuals; keep k.
-The work counter ``dot_products`` counts the query-token x vector products of stages 2-4 (the
-decompress-and-score stages); ``stage2_dot_products`` etc. break it down.
-Everything is vectorised (no per-document Python loops): vectors are scored by ``Segment.score_max``,
-one pass of the compiled kernel on CPU (``tessera.index.kernels``), torch elsewhere (CPU or GPU).
+4. exact MaxSim of the survivors: their remaining vectors (centroids below the last tier scored) are
+   scored and maxed into the per-token maxima of stages 2-3, which are already exact over the vectors
+   they saw (the same vectors as stage 4: stored full-precision originals when the index keeps them,
+   ``keep_vectors``, unless ``full_rerank=False``; else decompressed residuals); keep k.
+Every vector of a surviving document is scored once. The work counter ``dot_products`` counts the
+query-token x vector products of stages 2-4 (the decompress-and-score stages);
+``stage2_dot_products`` etc. break it down.
+Everything is vectorised (no per-document Python loops): the vectors of each stage are selected by
+``kernels.select_*`` and scored by ``Segment.score_max``, on CPU both compiled (``tessera.index.kernels``),
+torch elsewhere (CPU or GPU).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tessera.index import kernels
 from tessera.index.exact import topk
 from tessera.index.kernels import select_candidates, select_ivf, select_tokens, sum_best
 from tessera.index.snapshot import Snapshot
@@ -75,6 +80,15 @@ def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
     return (queries.reshape(nq * lq, d) @ snap.codec.centroids.T).view(nq, lq, -1)
 
 
+def probe(snap: Snapshot, query: torch.Tensor, ncells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ST [C, Lq] centroid x query-token scores, cmax [C] each centroid's best, the probed cells: each
+    query token's top ``ncells`` centroids, repeats allowed) for one query [Lq, dim]."""
+    ST, cmax, top = kernels.scores(snap.codec.centroids, query)
+    if ncells == 1:
+        return ST, cmax, top
+    return ST, cmax, ST.topk(min(ncells, ST.shape[0]), dim=0).indices.flatten()
+
+
 def _add(stats: dict, key: str, value: int) -> None:
     stats[key] = stats.get(key, 0) + value
 
@@ -82,25 +96,19 @@ def _add(stats: dict, key: str, value: int) -> None:
 def stage2(
     snap: Snapshot,
     query: torch.Tensor,
-    ST: torch.Tensor,
+    cells: torch.Tensor,
     cmax: torch.Tensor,
     mask: torch.Tensor,
-    ncells: int,
     threshold: float,
     full: bool,
     stats: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1-2 for one query: ([n, Lq] per query token the best similarity among each candidate's
     vectors in kept centroids (-inf if none), [n] global document numbers of the n candidates).
-    ``ST`` [C, Lq] holds centroid x query-token scores, ``cmax`` [C] each centroid's best."""
-    C, lq = ST.shape
-    dev = ST.device
-    if ncells == 1 and dev.type == "cpu":  # each query token's best centroid (numpy's argmax is much faster)
-        cells = torch.from_numpy(ST.T.numpy().argmax(1))
-    elif ncells == 1:
-        cells = ST.argmax(0)
-    else:
-        cells = ST.topk(min(ncells, C), dim=0).indices.flatten()
+    ``cells`` are the probed centroids, ``cmax`` [C] each centroid's best query-token score."""
+    lq = query.shape[0]
+    C = cmax.shape[0]
+    dev = cmax.device
     kept = (cmax >= threshold).nonzero().flatten()
     bases = snap.bases.tolist()
     out_b, out_g = [], []
@@ -170,16 +178,14 @@ def search(
     stats = stats if stats is not None else {}
     stats["params"] = p
     nq = queries.shape[0]
-    centroids = snap.codec.centroids
     out_s = torch.full((nq, k), float("-inf"))
     out_i = torch.full((nq, k), -1, dtype=torch.int64)
     thr, full = p["centroid_score_threshold"], p["full_rerank"]
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
-        ST = (query @ centroids.T).T  # [C, Lq], a view of contiguous [Lq, C] (fast reductions over C)
-        cmax = ST.amax(1)
-        best, gidx = stage2(snap, query, ST, cmax, mask, p["ncells"], thr, full, stats)
+        _, cmax, cells = probe(snap, query, p["ncells"])
+        best, gidx = stage2(snap, query, cells, cmax, mask, thr, full, stats)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:

@@ -145,6 +145,25 @@ def test_search_gives_the_same_hits_with_and_without_the_kernel(
         )
 
 
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("lq", [1, 17, 32, 42])
+@pytest.mark.parametrize("n", [1, 5, 300])
+def test_centroid_scores_match_torch(monkeypatch, lq, n):
+    g = torch.Generator().manual_seed(lq * 1000 + n)
+    table = torch.randn(n, 64, generator=g)
+    table[n // 2] = table[0]  # ties: the first row wins, as in torch
+    query = torch.randn(lq, 64, generator=g)
+    S, rowmax, argmax = kernels.scores(table, query)
+    monkeypatch.setattr(kernels, "FUSED", None)
+    S_t, rowmax_t, argmax_t = kernels.scores(table, query)
+    torch.testing.assert_close(S, S_t, rtol=1e-5, atol=1e-5)
+    assert S.shape == (n, lq)
+    torch.testing.assert_close(rowmax, S.amax(1), rtol=0, atol=0)
+    assert torch.equal(argmax, S.argmax(0))
+    torch.testing.assert_close(rowmax, rowmax_t, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def two_segments(corpus, doc_ids):
     """An index of two segments, some documents deleted (read-only)."""

@@ -131,9 +131,10 @@ def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
     snap = built.snapshot
     seg = snap.segments[0]
     q = queries[0]
-    ST = snap.codec.centroids @ q.T
-    cmax = ST.amax(1)
-    best, gidx = plaid.stage2(snap, q, ST, cmax, snap.alive_all, 1, 0.5, True, {})
+    ST, cmax, cells = plaid.probe(snap, q, 1)
+    torch.testing.assert_close(ST, snap.codec.centroids @ q.T)
+    assert torch.equal(cmax, ST.amax(1)) and torch.equal(cells, ST.argmax(0))
+    best, gidx = plaid.stage2(snap, q, cells, cmax, snap.alive_all, 0.5, True, {})
     kept = cmax >= 0.5
     for j in range(0, gidx.numel(), max(1, gidx.numel() // 10)):
         d = int(gidx[j])
