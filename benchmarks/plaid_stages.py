@@ -34,8 +34,8 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         query = queries[q]
         st: dict = {}
         t0 = clock()
-        _, cmax, cells = plaid.probe(snap, query, p["ncells"])
-        best, gidx = plaid.stage2(snap, query, cells, cmax, mask, thr, full, st)
+        ST, cmax, cells = plaid.probe(snap, query, p["ncells"])
+        best, gidx = plaid.stage2(snap, query, ST, cmax, cells, mask, p, st)
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:
             top = plaid._approx(best, None).topk(p["ndocs"]).indices

@@ -410,6 +410,52 @@ static PyObject *select_ivf(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(n);
 }
 
+/* centroid_max: PLAID's centroid interaction with pruning: for the documents d in the inverted lists
+ * (voff [C+1] int64 into docs int32) of centroids kept[0..nk) that have rowmap[d] >= 0 (below m),
+ * out[rowmap[d], t] = max(out[rowmap[d], t], S[c, t]) for t < lq; S float32 [C, ldS], out [m, lq]. */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2")))
+#endif
+static int centroid_max_run(const int64_t *voff, int64_t n_vec, const int32_t *docs, const int64_t *kept, int64_t nk,
+                            int64_t ncent, const int64_t *rowmap, int64_t n_docs, int64_t m, const float *S,
+                            int64_t lq, int64_t ldS, float *out) {
+    for (int64_t i = 0; i < nk; i++) {
+        const int64_t c = kept[i];
+        if (c < 0 || c >= ncent || voff[c] < 0 || voff[c] > voff[c + 1] || voff[c + 1] > n_vec) return 1;
+        const float *sc = S + c * ldS;
+        for (int64_t t = voff[c]; t < voff[c + 1]; t++) {
+            const int32_t d = docs[t];
+            if (d < 0 || d >= n_docs || rowmap[d] >= m) return 1;
+            if (rowmap[d] < 0) continue;
+            float *o = out + rowmap[d] * lq;
+            for (int64_t u = 0; u < lq; u++) o[u] = sc[u] > o[u] ? sc[u] : o[u];
+        }
+    }
+    return 0;
+}
+
+static PyObject *centroid_max(PyObject *self, PyObject *args) {
+    Py_ssize_t voff, n_vec, docs, kept, nk, ncent, rowmap, n_docs, m, S, lq, ldS, out;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &voff, &n_vec, &docs, &kept, &nk, &ncent, &rowmap, &n_docs, &m, &S,
+                          &lq, &ldS, &out))
+        return NULL;
+    if (KERNEL == NULL) Py_RETURN_FALSE;
+    if (lq <= 0 || ldS < lq) {
+        PyErr_SetString(PyExc_ValueError, "centroid_max: need 0 < lq <= ldS");
+        return NULL;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS bad = centroid_max_run((const int64_t *)voff, n_vec, (const int32_t *)docs,
+                                                  (const int64_t *)kept, nk, ncent, (const int64_t *)rowmap, n_docs,
+                                                  m, (const float *)S, lq, ldS, (float *)out);
+    Py_END_ALLOW_THREADS if (bad) {
+        PyErr_SetString(PyExc_IndexError, "centroid_max: a centroid, document or row id is out of range");
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 /* select_candidates: the documents in the inverted lists (ivf_off [C+1] int64 into ivf_docs [nnz]
  * int32) of centroids cells[0..ncells) (int64, repeats allowed), restricted to allowed (uint8 [n_docs];
  * NULL: all). Writes them in increasing order to cand (int64, room for n_docs) and their rank to rowmap
@@ -546,6 +592,7 @@ static PyMethodDef METHODS[] = {
      "out[i] = max(out[i], float32 table[i] @ query.T) for i < n; optionally row maxima and column argmaxima"},
     {"gather_max_codes", gather_max_codes, METH_VARARGS,
      "best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)"},
+    {"centroid_max", centroid_max, METH_VARARGS, "per candidate and query token, the best kept centroid's score"},
     {"select_candidates", select_candidates, METH_VARARGS, "documents in the inverted lists of some centroids"},
     {"select_ivf", select_ivf, METH_VARARGS, "positions and rows of kept centroids' vectors in selected documents"},
     {"select_tokens", select_tokens, METH_VARARGS, "positions and rows of documents' vectors in selected centroids"},

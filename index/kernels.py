@@ -110,6 +110,47 @@ def select_ivf(
     return take(order, idx[inside].to(order.device)).long(), rows[inside]
 
 
+def centroid_max(
+    ivf_offsets: torch.Tensor,
+    ivf_docs: torch.Tensor,
+    kept: torch.Tensor,
+    rowmap: torch.Tensor,
+    m: int,
+    S: torch.Tensor,
+) -> torch.Tensor:
+    """PLAID's centroid interaction with pruning: [m, Lq], for each selected document (``rowmap[d] >= 0``,
+    its row) and query token, the best score ``S`` [C, Lq] among the centroids ``kept`` that hold one
+    of its vectors (-inf if none), from the centroid -> document inverted lists (``ivf_offsets`` [C+1],
+    ``ivf_docs``). No vector is read: one pass over the lists in C on CPU, torch elsewhere."""
+    lq = S.shape[1]
+    out = torch.full((m, lq), float("-inf"), device=S.device)
+    if (
+        FUSED is not None
+        and ivf_offsets.device.type == S.device.type == "cpu"
+        and ivf_docs.dtype == torch.int32
+        and S.dtype == torch.float32
+        and S.stride(1) == 1
+    ):
+        off_c, off_p = _ptr(ivf_offsets, torch.int64)
+        kept_c, kept_p = _ptr(kept, torch.int64)
+        map_c, map_p = _ptr(rowmap, torch.int64)
+        docs_c = ivf_docs.contiguous()
+        FUSED.centroid_max(
+            off_p, docs_c.numel(), docs_c.data_ptr(), kept_p, kept_c.numel(), off_c.numel() - 1, map_p,
+            map_c.numel(), m, S.data_ptr(), lq, S.stride(0), out.data_ptr(),
+        )  # fmt: skip
+        return out
+    dev = S.device
+    off, kept = ivf_offsets.to(dev), kept.to(dev)
+    counts = off[kept + 1] - off[kept]
+    idx = ranges(off[kept], counts)
+    rows = take(rowmap, take(ivf_docs, idx.to(ivf_docs.device)).to(dev).long())
+    cents = torch.repeat_interleave(kept, counts, output_size=idx.numel())
+    inside = rows >= 0
+    scatter_max(out, rows[inside], S[cents[inside]])
+    return out
+
+
 def select_tokens(
     offsets: torch.Tensor,
     locs: torch.Tensor,

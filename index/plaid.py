@@ -31,18 +31,20 @@ import torch
 
 from tessera.index import kernels
 from tessera.index.exact import topk
-from tessera.index.kernels import select_candidates, select_ivf, select_tokens, sum_best
+from tessera.index.kernels import centroid_max, select_candidates, select_ivf, select_tokens, sum_best
 from tessera.index.snapshot import Snapshot
 
 PARAMS = {
     "ncells": int,
     "centroid_score_threshold": float,
     "ndocs": int,
+    "ncandidates": int,
     "tier_threshold": float,
     "nfinal": int,
     "full_rerank": bool,
 }
 TIER_GAP = 0.2  # default tier_threshold = centroid_score_threshold - TIER_GAP
+CANDIDATES_PER_DOC = 4  # default ncandidates = 4 * ndocs
 
 
 def defaults(k: int) -> dict:
@@ -60,7 +62,7 @@ QUERY_TOKENS = 32  # the query length PLAID's defaults assume (ColBERT pads quer
 
 
 def resolve(k: int, params: dict, query_vectors: int | None = None) -> dict:
-    """Defaults by k, the given parameters, and the derived ones (tier_threshold, nfinal).
+    """Defaults by k, the given parameters, and the derived ones (ncandidates, tier_threshold, nfinal).
 
     A query of fewer than 32 vectors (a clustered model's, e.g. CRISP's 4 or 16 representatives)
     probes as many cells in all as a 32-token query would: the default ``ncells`` is multiplied by
@@ -69,6 +71,7 @@ def resolve(k: int, params: dict, query_vectors: int | None = None) -> dict:
     p = {**defaults(k), **params}
     if "ncells" not in params and query_vectors and query_vectors < QUERY_TOKENS:
         p["ncells"] *= -(-QUERY_TOKENS // query_vectors)
+    p.setdefault("ncandidates", CANDIDATES_PER_DOC * p["ndocs"])
     p.setdefault("tier_threshold", p["centroid_score_threshold"] - TIER_GAP)
     p.setdefault("nfinal", max(2 * k, p["ndocs"] // 8))
     return p
@@ -96,20 +99,23 @@ def _add(stats: dict, key: str, value: int) -> None:
 def stage2(
     snap: Snapshot,
     query: torch.Tensor,
-    cells: torch.Tensor,
+    ST: torch.Tensor,
     cmax: torch.Tensor,
+    cells: torch.Tensor,
     mask: torch.Tensor,
-    threshold: float,
-    full: bool,
+    p: dict,
     stats: dict,
+    w: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1-2 for one query: ([n, Lq] per query token the best similarity among each candidate's
     vectors in kept centroids (-inf if none), [n] global document numbers of the n candidates).
-    ``cells`` are the probed centroids, ``cmax`` [C] each centroid's best query-token score."""
+    ``ST`` [C, Lq], ``cmax`` and ``cells`` as ``probe`` gives them; ``p`` the resolved parameters.
+    A segment with more than ``ncandidates`` candidates keeps those with the best centroid-only
+    approximation (PLAID's stage 2) before its vectors are read."""
     lq = query.shape[0]
     C = cmax.shape[0]
     dev = cmax.device
-    kept = (cmax >= threshold).nonzero().flatten()
+    kept = (cmax >= p["centroid_score_threshold"]).nonzero().flatten()
     bases = snap.bases.tolist()
     out_b, out_g = [], []
     for s, seg in enumerate(snap.segments):
@@ -118,10 +124,18 @@ def stage2(
         _add(stats, "candidates", n_cand)
         if n_cand == 0:
             continue
-        pos, rows = select_ivf(*seg.vector_ivf(C), kept, rowmap, n_cand)
+        voff, order, order_docs = seg.vector_ivf(C)
+        if n_cand > p["ncandidates"]:
+            approx = centroid_max(seg.ivf_offsets, seg.ivf_docs, kept, rowmap, n_cand, ST)
+            top = _approx(approx, w).topk(p["ncandidates"]).indices.sort().values
+            cand = cand[top.to(cand.device)]
+            n_cand = cand.numel()
+            rowmap = torch.full_like(rowmap, -1)
+            rowmap[cand] = torch.arange(n_cand, device=rowmap.device)
+        pos, rows = select_ivf(voff, order, order_docs, kept, rowmap, n_cand)
         best = torch.full((n_cand, lq), float("-inf"), device=dev)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
-        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
+        seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True)
         out_b.append(best)
         out_g.append(cand.to(dev) + bases[s])
     if len(out_b) == 1:
@@ -184,8 +198,8 @@ def search(
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
-        _, cmax, cells = probe(snap, query, p["ncells"])
-        best, gidx = stage2(snap, query, cells, cmax, mask, thr, full, stats)
+        ST, cmax, cells = probe(snap, query, p["ncells"])
+        best, gidx = stage2(snap, query, ST, cmax, cells, mask, p, stats, w)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:

@@ -200,7 +200,8 @@ def _csr(g: torch.Generator, n_rows: int, n_items: int, max_len: int):
 @needs_kernel
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_selections_match_torch(monkeypatch, seed):
-    """select_candidates / select_ivf / select_tokens in C give what their torch paths give, in order."""
+    """select_candidates / centroid_max / select_ivf / select_tokens in C give what their torch paths
+    give, in order."""
     g = torch.Generator().manual_seed(seed)
     C, n_docs = 50, 80
     ivf_off, ivf_docs = _csr(g, C, n_docs, 12)  # centroid -> documents
@@ -215,10 +216,13 @@ def test_selections_match_torch(monkeypatch, seed):
     locs = torch.randperm(n_docs, generator=g)[:30]
     rows = torch.randint(0, 7, (30,), generator=g)
 
+    S = torch.randn(C, 5, generator=g)
+
     def run():
         cand, rowmap = kernels.select_candidates(ivf_off, ivf_docs, cells, allowed)
         return (
             (cand, rowmap),
+            (kernels.centroid_max(ivf_off, ivf_docs, kept, rowmap, cand.numel(), S),),
             kernels.select_ivf(voff, order, order_docs, kept, rowmap, cand.numel()),
             kernels.select_tokens(doc_off, locs, codes, cmask),
             kernels.select_tokens(doc_off, locs, codes, None, rows, 7),
@@ -230,8 +234,14 @@ def test_selections_match_torch(monkeypatch, seed):
     for a, b in zip(fused, plain, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x.long(), y.long())
-    assert fused[1][0].numel() > 0 and fused[2][0].numel() > 0
-    assert int(fused[3][0].numel()) == int((doc_off[locs + 1] - doc_off[locs]).sum())
+    assert fused[2][0].numel() > 0 and fused[3][0].numel() > 0
+    assert int(fused[4][0].numel()) == int((doc_off[locs + 1] - doc_off[locs]).sum())
+    # centroid_max by its definition: per candidate, the best score among the kept centroids holding it
+    cand, approx = fused[0][0], fused[1][0]
+    for r, d in enumerate(cand.tolist()):
+        held = [c for c in kept.tolist() if d in ivf_docs[ivf_off[c] : ivf_off[c + 1]].tolist()]
+        want = S[held].amax(0) if held else torch.full((5,), float("-inf"))
+        assert torch.equal(approx[r], want)
 
 
 @needs_kernel
@@ -259,6 +269,10 @@ def test_selections_reject_out_of_range_ids():
         kernels.select_ivf(voff, order, order_docs, torch.tensor([0]), torch.tensor([0, 2]), 2)  # row 2 of 2
     with pytest.raises(IndexError):
         kernels.select_ivf(voff, order, torch.tensor([0, 5, 0, 1, 1], dtype=torch.int32), torch.tensor([0]), rowmap, 2)
+    with pytest.raises(IndexError):
+        kernels.centroid_max(voff, order_docs, torch.tensor([3]), rowmap, 2, torch.zeros(3, 4))  # no centroid 3
+    with pytest.raises(IndexError):
+        kernels.centroid_max(voff, order_docs, torch.tensor([0]), torch.tensor([0, 2]), 2, torch.zeros(3, 4))
     with pytest.raises(IndexError):
         kernels.select_candidates(voff, order_docs, torch.tensor([0]), torch.ones(1, dtype=torch.bool))  # doc 1 of 1
     with pytest.raises(IndexError):

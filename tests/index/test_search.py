@@ -6,7 +6,7 @@ import pytest
 import torch
 from index_helpers import build, recall
 
-from tessera.index import plaid, xtr
+from tessera.index import kernels, plaid, xtr
 
 
 def test_plaid_defaults_follow_k():
@@ -14,8 +14,14 @@ def test_plaid_defaults_follow_k():
     assert plaid.defaults(100) == {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 1024, "full_rerank": True}
     assert plaid.defaults(1000) == {"ncells": 4, "centroid_score_threshold": 0.4, "ndocs": 4096, "full_rerank": True}
     assert plaid.defaults(2000)["ndocs"] == 8000
-    assert plaid.resolve(10, {}) == {**plaid.defaults(10), "tier_threshold": pytest.approx(0.3), "nfinal": 32}
+    assert plaid.resolve(10, {}) == {
+        **plaid.defaults(10),
+        "ncandidates": 1024,
+        "tier_threshold": pytest.approx(0.3),
+        "nfinal": 32,
+    }
     assert plaid.resolve(100, {"ndocs": 512})["nfinal"] == 200
+    assert plaid.resolve(100, {"ndocs": 512})["ncandidates"] == 2048
 
 
 def test_plaid_probes_as_many_cells_for_a_short_query_as_for_a_32_token_one():
@@ -134,7 +140,8 @@ def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
     ST, cmax, cells = plaid.probe(snap, q, 1)
     torch.testing.assert_close(ST, snap.codec.centroids @ q.T)
     assert torch.equal(cmax, ST.amax(1)) and torch.equal(cells, ST.argmax(0))
-    best, gidx = plaid.stage2(snap, q, cells, cmax, snap.alive_all, 0.5, True, {})
+    p = plaid.resolve(10, {"ncandidates": 10**6})
+    best, gidx = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, p, {})
     kept = cmax >= 0.5
     for j in range(0, gidx.numel(), max(1, gidx.numel() // 10)):
         d = int(gidx[j])
@@ -177,3 +184,27 @@ def test_xtr_scores_probed_vectors_with_the_originals_when_kept(corpus, doc_ids,
     exact_hits, st1 = index.search_with_stats(queries, k=10, method="xtr")
     code_hits, st2 = index.search_with_stats(queries, k=10, method="xtr", params={"exact_tokens": False})
     assert st1["dot_products"] == st2["dot_products"]
+
+
+def test_plaid_ncandidates_keeps_the_best_centroid_scored_candidates(built, queries):
+    """Over ``ncandidates`` candidates, stage 2 reads the vectors of only those that PLAID's centroid
+    interaction ranks best; without the limit every candidate is scored."""
+    snap = built.snapshot
+    q = queries[0]
+    ST, cmax, cells = plaid.probe(snap, q, 1)
+    every, few = plaid.resolve(10, {"ncandidates": 10**6}), plaid.resolve(10, {"ncandidates": 15})
+    all_stats, few_stats = {}, {}
+    best_all, g_all = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, every, all_stats)
+    best_few, g_few = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, few, few_stats)
+    assert g_all.numel() > 15 == g_few.numel()
+    assert few_stats["stage2_dot_products"] < all_stats["stage2_dot_products"]
+    seg = snap.segments[0]
+    rowmap = torch.full((seg.n_docs,), -1, dtype=torch.int64)
+    rowmap[g_all] = torch.arange(g_all.numel())
+    kept = (cmax >= every["centroid_score_threshold"]).nonzero().flatten()
+    approx = kernels.centroid_max(seg.ivf_offsets, seg.ivf_docs, kept, rowmap, g_all.numel(), ST)
+    want = g_all[plaid._approx(approx, None).topk(15).indices].sort().values
+    assert torch.equal(g_few, want)
+    # the kept candidates' residual scores are those they get without the limit
+    pos = {int(d): i for i, d in enumerate(g_all)}
+    assert torch.equal(best_few, best_all[[pos[int(d)] for d in g_few]])
