@@ -6,6 +6,12 @@ from setuptools import Extension, setup
 # succeeds and the index uses its torch path (tessera.index.kernels.fused_kernel() == "torch").
 setup(
     ext_modules=[
-        Extension("tessera.index._fused", sources=["index/_fused.c"], optional=True, extra_compile_args=["-O3"])
+        Extension(
+            "tessera.index._fused",
+            sources=["index/_fused.c"],
+            optional=True,
+            extra_compile_args=["-O3", "-pthread"],
+            extra_link_args=["-pthread"],
+        )
     ]
 )

@@ -39,7 +39,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:
             top = plaid._approx(best, None).topk(p["ndocs"]).indices
-            best, gidx = best[top], gidx[top]
+            best, gidx = best.index_select(0, top), gidx[top]
         t1 = clock()
         cov["stage2"].append(len(want & set(gidx.tolist())) / k)
         seen = thr
@@ -49,7 +49,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
                 plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3)
                 seen = p["tier_threshold"]
             top = plaid._approx(best, None).topk(p["nfinal"]).indices
-            best, gidx = best[top], gidx[top]
+            best, gidx = best.index_select(0, top), gidx[top]
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
         plaid.score_tokens(snap, query, best, gidx, cmax < seen, full, st, 4)

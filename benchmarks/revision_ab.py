@@ -4,11 +4,13 @@ The old index/plaid.py is loaded from ``git show REV:index/plaid.py`` as a modul
 today's index, kernels and segments (so it must still fit their interfaces); query by query in one
 process (old, then new, on the same query), so a noisy machine affects both alike. Prints one JSON
 object per parameter set: medians, the ratio, whether the top-k agree, and the dot products of each.
-Uses the encodings cached by ``tessera bench search`` (same --data/--model) and opens --index-dir
-(build it with ``tessera bench search ... --index-dir DIR``).
+Uses the encodings cached by ``tessera bench search`` (same --data/--model), or the same synthetic
+vectors (same --synthetic N), and opens --index-dir (build it with ``tessera bench search ...
+--index-dir DIR``).
 
     python benchmarks/revision_ab.py --rev 380fd79 --data /work/shared/data/scifact \
         --index-dir /tmp/scifact-index --threads 1
+    python benchmarks/revision_ab.py --rev 380fd79 --synthetic 1000000 --index-dir /tmp/synthetic-1m
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def load_revision(rev: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", required=True, help="git revision of the baseline index/plaid.py")
-    ap.add_argument("--data", type=Path, required=True, help="BEIR folder")
+    ap.add_argument("--data", type=Path, help="BEIR folder (or --synthetic)")
+    ap.add_argument("--synthetic", type=int, metavar="VECTORS", help="the bench's synthetic vectors instead")
+    ap.add_argument("--queries", type=int, default=100, help="synthetic queries")
     ap.add_argument("--model", default="default")
     ap.add_argument("--split", default="test")
     ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
@@ -58,7 +62,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     old = load_revision(args.rev)
-    data = bench.load_encoded(args.data, args.model, args.split, args.cache)
+    if args.synthetic:
+        data = bench.synthetic_data(args.synthetic, 128, args.queries)
+    elif args.data:
+        data = bench.load_encoded(args.data, args.model, args.split, args.cache)
+    else:
+        raise SystemExit("give --data or --synthetic")
     snap = MultiVectorIndex.open(args.index_dir).snapshot
     queries, mask = data.queries, snap.alive_all
     for params in args.grid:

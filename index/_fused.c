@@ -21,12 +21,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_DIM 1024
 #define MAX_LQ 1024
+#define SPLIT_MIN 2048 /* vectors: fewer are scored on one thread even when two are allowed */
 #define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
 #define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
@@ -254,10 +256,45 @@ static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 
 static kernel_t KERNEL = NULL;
 
+static void *run_kernel(void *job) {
+    KERNEL((const job_t *)job);
+    return NULL;
+}
+
+/* Runs the job on `threads` (1 or 2) threads: the second takes the second half of the vectors into a
+ * private copy of best [m, lqp] (rows of both halves may coincide), maxed into best afterwards. */
+static int run_split(job_t *job, int64_t m, int threads) {
+    if (threads < 2 || job->pos == NULL || job->n < SPLIT_MIN || m <= 0) {
+        KERNEL(job);
+        return 0;
+    }
+    const size_t floats = (size_t)(m * job->lqp), bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    float *mine = aligned_alloc(64, bytes);
+    if (mine == NULL) return -1;
+    for (size_t i = 0; i < floats; i++) mine[i] = -INFINITY;
+    const int64_t half = job->n / 2 / ROWS * ROWS;
+    job_t second = *job;
+    second.pos += half;
+    second.rows += half;
+    second.n -= half;
+    second.best = mine;
+    job->n = half;
+    pthread_t thread;
+    const int started = pthread_create(&thread, NULL, run_kernel, &second) == 0;
+    KERNEL(job);
+    if (started)
+        pthread_join(thread, NULL);
+    else
+        KERNEL(&second);
+    for (size_t i = 0; i < floats; i++) job->best[i] = mine[i] > job->best[i] ? mine[i] : job->best[i];
+    free(mine);
+    return 0;
+}
+
 /* Fills the operands both entry points share, checks them, lays the query [lqp, dim] out as qT
- * [dim, lqp] and runs the kernel without the GIL. */
+ * [dim, lqp] and runs the kernel without the GIL, on `threads` threads (best has m rows). */
 static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t q,
-                         Py_ssize_t lqp, Py_ssize_t best) {
+                         Py_ssize_t lqp, Py_ssize_t best, Py_ssize_t m, int threads) {
     if (dim <= 0 || dim > MAX_DIM || dim % 16 || lqp <= 0 || lqp % 16 || n < 0) {
         PyErr_SetString(PyExc_ValueError, "dim and lqp must be positive multiples of 16, dim <= 1024");
         return NULL;
@@ -274,19 +311,22 @@ static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t 
     job->qT = qT;
     job->lqp = lqp;
     job->best = (float *)best;
-    Py_BEGIN_ALLOW_THREADS KERNEL(job);
+    int failed;
+    Py_BEGIN_ALLOW_THREADS failed = run_split(job, m, threads);
     Py_END_ALLOW_THREADS free(qT);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_TRUE;
 }
 
 static PyObject *gather_max(PyObject *self, PyObject *args) {
-    Py_ssize_t vec, dim, pos, rows, n, q, lqp, best;
+    Py_ssize_t vec, dim, pos, rows, n, q, lqp, best, m;
+    int threads;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnnn", &vec, &dim, &pos, &rows, &n, &q, &lqp, &best)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnni", &vec, &dim, &pos, &rows, &n, &q, &lqp, &best, &m, &threads)) return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     job_t job = {0};
     job.vec = (const uint16_t *)vec;
-    return run_job(&job, dim, pos, rows, n, q, lqp, best);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads);
 }
 
 /* Row maxima (over the first lq columns) and, per column t < lq, the first row holding its maximum, of
@@ -324,18 +364,18 @@ static PyObject *scores(PyObject *self, PyObject *args) {
     }
     job_t job = {0};
     job.vec32 = (const float *)table;
-    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out);
+    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, 1);
     if (ran == NULL || rowmax == 0) return ran;
     Py_BEGIN_ALLOW_THREADS reduce_scores((const float *)out, n, lq, lqp, (float *)rowmax, (int64_t *)argmax);
     Py_END_ALLOW_THREADS return ran;
 }
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
-    Py_ssize_t centroids, codes, packed, nbytes, lut, per, dim, pos, rows, n, q, lqp, best;
-    int normalize;
+    Py_ssize_t centroids, codes, packed, nbytes, lut, per, dim, pos, rows, n, q, lqp, best, m;
+    int normalize, threads;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnpnnnnnnn", &centroids, &codes, &packed, &nbytes, &lut, &per, &normalize, &dim,
-                          &pos, &rows, &n, &q, &lqp, &best))
+    if (!PyArg_ParseTuple(args, "nnnnnnpnnnnnnnni", &centroids, &codes, &packed, &nbytes, &lut, &per, &normalize, &dim,
+                          &pos, &rows, &n, &q, &lqp, &best, &m, &threads))
         return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     if (per <= 0 || nbytes * per != dim) {
@@ -350,7 +390,7 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
     job.lut = (const float *)lut;
     job.per = per;
     job.normalize = normalize;
-    return run_job(&job, dim, pos, rows, n, q, lqp, best);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads);
 }
 
 /* Positions to score, found in C (one pass, no temporaries) and checked against the tables' sizes, so

@@ -25,6 +25,16 @@ def _load_fused():
 
 
 FUSED = _load_fused()
+MAX_THREADS = 2  # threads of one kernel call (never more than torch.get_num_threads()): 1 or 2
+
+
+def filled(rows: int, cols: int, value: float = float("-inf"), device: torch.device | str = "cpu") -> torch.Tensor:
+    """A float32 [rows, cols] tensor full of ``value``. On CPU it is filled by numpy, on one thread: a
+    torch fill this large would wake torch's OpenMP workers, which then spin on the other cores for a
+    while and slow the kernel's own second thread (``MAX_THREADS``)."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(np.full((rows, cols), value, dtype=np.float32))
+    return torch.full((rows, cols), value, device=device)
 
 
 def take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -123,7 +133,7 @@ def centroid_max(
     of its vectors (-inf if none), from the centroid -> document inverted lists (``ivf_offsets`` [C+1],
     ``ivf_docs``). No vector is read: one pass over the lists in C on CPU, torch elsewhere."""
     lq = S.shape[1]
-    out = torch.full((m, lq), float("-inf"), device=S.device)
+    out = filled(m, lq, device=S.device)
     if (
         FUSED is not None
         and ivf_offsets.device.type == S.device.type == "cpu"
@@ -262,10 +272,11 @@ def _run_fused(
         q = torch.zeros(lqp, dim)
         q[:lq] = query
     direct = best.dtype == torch.float32 and best.is_contiguous() and lqp == lq
-    out = best if direct else torch.full((m, lqp), float("-inf"))
+    out = best if direct else filled(m, lqp)
     if not direct:
         out[:, :lq] = best
-    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q.data_ptr(), lqp, out.data_ptr())
+    threads = min(MAX_THREADS, torch.get_num_threads())  # a second thread only where torch may use one
+    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q.data_ptr(), lqp, out.data_ptr(), m, threads)
     if not direct:
         best.copy_(out[:, :lq])
 
@@ -314,7 +325,7 @@ def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torc
         lqp = -(-lq // 16) * 16
         q = torch.zeros(lqp, dim)
         q[:lq] = query
-        out = torch.full((n, lqp), float("-inf"))
+        out = filled(n, lqp)
         rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
         FUSED.scores(
             table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr()

@@ -27,11 +27,12 @@ torch elsewhere (CPU or GPU).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tessera.index import kernels
 from tessera.index.exact import topk
-from tessera.index.kernels import centroid_max, select_candidates, select_ivf, select_tokens, sum_best
+from tessera.index.kernels import centroid_max, filled, select_candidates, select_ivf, select_tokens, sum_best
 from tessera.index.snapshot import Snapshot
 
 PARAMS = {
@@ -133,7 +134,7 @@ def stage2(
             rowmap = torch.full_like(rowmap, -1)
             rowmap[cand] = torch.arange(n_cand, device=rowmap.device)
         pos, rows = select_ivf(voff, order, order_docs, kept, rowmap, n_cand)
-        best = torch.full((n_cand, lq), float("-inf"), device=dev)
+        best = filled(n_cand, lq, device=dev)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
         seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True)
         out_b.append(best)
@@ -175,6 +176,8 @@ def score_tokens(
 def _approx(best: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     """Approximate scores of stages 2-3: a query token that no scored vector of the document matched
     contributes 0 (as in PLAID)."""
+    if best.device.type == "cpu" and w is None:  # numpy: one thread (see ``kernels.filled``)
+        return torch.from_numpy(np.maximum(best.numpy(), 0).sum(1))
     best = best.clamp_min(0)
     return best @ w if w is not None else best.sum(1)
 
@@ -204,7 +207,7 @@ def search(
             continue
         if gidx.numel() > p["ndocs"]:
             top = _approx(best, w).topk(p["ndocs"]).indices
-            best, gidx = best[top], gidx[top]
+            best, gidx = best.index_select(0, top), gidx[top]  # index_select: no OpenMP region (kernels.filled)
         seen = thr  # vectors of centroids scoring at least this have been scored for every document in gidx
         if gidx.numel() > p["nfinal"]:
             low = p["tier_threshold"]
@@ -212,7 +215,7 @@ def search(
                 score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3)
                 seen = low
             top = _approx(best, w).topk(p["nfinal"]).indices
-            best, gidx = best[top], gidx[top]
+            best, gidx = best.index_select(0, top), gidx[top]  # index_select: no OpenMP region (kernels.filled)
         # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
         score_tokens(snap, query, best, gidx, cmax < seen, full, stats, 4)
         gidx = gidx.cpu()

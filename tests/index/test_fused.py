@@ -83,6 +83,35 @@ def test_gather_max_matches_torch(dim, lq, n):
 
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
+@pytest.mark.parametrize("codes", [False, True])
+def test_two_threads_give_what_one_gives(monkeypatch, codes):
+    """Over 2048 vectors, a call may split them over two threads (rows shared by both halves are
+    merged); the result is the same as on one thread."""
+    g = torch.Generator().manual_seed(7)
+    v = torch.nn.functional.normalize(torch.randn(5000, 32, generator=g), dim=1)
+    pos = torch.randint(0, 5000, (4099,), generator=g)
+    rows = torch.randint(0, 50, (4099,), generator=g)  # every row gets vectors from both halves
+    query = torch.randn(32, 32, generator=g)
+    codec = ResidualCodec.train(v, nbits=2, ncentroids=16, niter=2)
+    codes_, packed = codec.compress(v)
+
+    def run():
+        best = torch.full((50, 32), float("-inf"))
+        if codes:
+            codec.score_max(codes_, packed, pos, rows, query, best)
+        else:
+            kernels.gather_max(v.half(), pos, rows, query, best)
+        return best
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernels, "MAX_THREADS", 2)
+    split = run()
+    monkeypatch.setattr(kernels, "MAX_THREADS", 1)
+    torch.testing.assert_close(split, run(), rtol=0, atol=0)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
 def test_gather_max_rejects_out_of_range_positions_and_rows():
     vectors = torch.randn(10, 16).half()
     query = torch.randn(4, 16)
