@@ -24,8 +24,8 @@ PARAMS = {"nprobe": int, "k_prime": int, "exact_tokens": bool}
 
 
 def defaults(k: int) -> dict:
-    # nprobe 10 at k<=10: the most cells whose scoring stays 10x below PLAID's on SciFact (benchmarks/README.md)
-    return {"nprobe": 10 if k <= 10 else 16, "k_prime": max(256, 4 * k), "exact_tokens": True}
+    # nprobe 9 at k<=10: the most cells whose scoring stays 10x below PLAID's on SciFact (benchmarks/README.md)
+    return {"nprobe": 9 if k <= 10 else 16, "k_prime": max(256, 4 * k), "exact_tokens": True}
 
 
 def exact_scores(seg, q: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
