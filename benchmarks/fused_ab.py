@@ -17,37 +17,24 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from ab_common import add_data_args, load
 
-from tessera.index import MultiVectorIndex, bench, kernels, plaid
+from tessera.index import kernels, plaid
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, help="BEIR folder (or --synthetic)")
-    ap.add_argument("--synthetic", type=int, metavar="VECTORS", help="the bench's synthetic vectors instead")
-    ap.add_argument("--queries", type=int, default=100, help="synthetic queries")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
-    ap.add_argument("--index-dir", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    add_data_args(ap)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=2, help="passes over the queries")
     ap.add_argument("--kernels", default="avx512,avx2", help="compiled kernels to compare with torch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if kernels.FUSED is None:
         raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
-    if args.synthetic:
-        data = bench.synthetic_data(args.synthetic, 128, args.queries)
-    elif args.data:
-        data = bench.load_encoded(args.data, args.model, args.split, args.cache)
-    else:
-        raise SystemExit("give --data or --synthetic")
-    snap = MultiVectorIndex.open(args.index_dir).snapshot
+    data, index = load(args)
+    snap = index.snapshot
     queries, mask = data.queries, snap.alive_all
     fused = kernels.FUSED
     for name in args.kernels.split(","):

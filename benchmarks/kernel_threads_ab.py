@@ -14,29 +14,23 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from ab_common import add_data_args, load
 
-from tessera.index import MultiVectorIndex, bench, kernels
+from tessera.index import kernels
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="BEIR folder")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
-    ap.add_argument("--index-dir", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--repeats", type=int, default=2, help="passes over the queries")
+    add_data_args(ap, synthetic=False)
+    ap.set_defaults(threads=2)
     ap.add_argument("--grid", type=json.loads, default=[{}, {"full_rerank": False}], help="JSON list of params")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if kernels.FUSED is None:
         raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
-    data = bench.load_encoded(args.data, args.model, args.split, args.cache)
-    index = MultiVectorIndex.open(args.index_dir)
+    data, index = load(args)
     queries = data.queries
     for params in args.grid:
         times: dict[int, list[float]] = {1: [], 2: []}

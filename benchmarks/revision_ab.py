@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+from ab_common import add_data_args, load
 
-from tessera.index import MultiVectorIndex, bench, plaid
+from tessera.index import plaid
 
 
 def load_revision(rev: str):
@@ -48,27 +49,14 @@ def load_revision(rev: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", required=True, help="git revision of the baseline index/plaid.py")
-    ap.add_argument("--data", type=Path, help="BEIR folder (or --synthetic)")
-    ap.add_argument("--synthetic", type=int, metavar="VECTORS", help="the bench's synthetic vectors instead")
-    ap.add_argument("--queries", type=int, default=100, help="synthetic queries")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
-    ap.add_argument("--index-dir", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    add_data_args(ap)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3, help="passes over the queries")
     ap.add_argument("--grid", type=json.loads, default=[{}, {"full_rerank": False}], help="JSON list of params")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     old = load_revision(args.rev)
-    if args.synthetic:
-        data = bench.synthetic_data(args.synthetic, 128, args.queries)
-    elif args.data:
-        data = bench.load_encoded(args.data, args.model, args.split, args.cache)
-    else:
-        raise SystemExit("give --data or --synthetic")
-    snap = MultiVectorIndex.open(args.index_dir).snapshot
+    data, index = load(args)
+    snap = index.snapshot
     queries, mask = data.queries, snap.alive_all
     for params in args.grid:
         times: dict[str, list[float]] = {"old": [], "new": []}
