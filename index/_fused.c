@@ -398,6 +398,14 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
  * `cap`) and return the count; with cap < 0 they only return the room the output needs. IndexError on
  * an id out of range, ValueError when the output is too small. */
 
+/* What a selection returns: its count, or the error its pass met (bad 1: an id out of range, naming
+ * which ids `ids` are; bad 2: the output was too small). */
+static PyObject *selected(int bad, int64_t n, const char *name, const char *ids) {
+    if (bad == 1) return PyErr_Format(PyExc_IndexError, "%s: %s is out of range", name, ids);
+    if (bad == 2) return PyErr_Format(PyExc_ValueError, "%s: output too small", name);
+    return PyLong_FromLongLong(n);
+}
+
 /* select_ivf: the vectors of centroids kept[0..nk) (inverted lists voff [C+1] int64 into order / docs
  * [T] int32: vector positions in centroid order and their local documents) whose document d has
  * rowmap[d] >= 0 (int64 [n_docs]; the output row, below m). */
@@ -439,15 +447,7 @@ static PyObject *select_ivf(PyObject *self, PyObject *args) {
         }
         if (bad) break;
     }
-    Py_END_ALLOW_THREADS if (bad == 1) {
-        PyErr_SetString(PyExc_IndexError, "select_ivf: a centroid, document, row or vector id is out of range");
-        return NULL;
-    }
-    if (bad == 2) {
-        PyErr_SetString(PyExc_ValueError, "select_ivf: output too small");
-        return NULL;
-    }
-    return PyLong_FromLongLong(n);
+    Py_END_ALLOW_THREADS return selected(bad, n, "select_ivf", "a centroid, document, row or vector id");
 }
 
 /* centroid_max: PLAID's centroid interaction with pruning: for the documents d in the inverted lists
@@ -538,11 +538,7 @@ static PyObject *select_candidates(PyObject *self, PyObject *args) {
             rowmap[d] = n;
             cand[n++] = d;
         }
-    Py_END_ALLOW_THREADS if (bad) {
-        PyErr_SetString(PyExc_IndexError, "select_candidates: a centroid or document id is out of range");
-        return NULL;
-    }
-    return PyLong_FromLongLong(n);
+    Py_END_ALLOW_THREADS return selected(bad, n, "select_candidates", "a centroid or document id");
 }
 
 /* select_tokens: the vectors of local documents locs[0..nloc) (int64; CSR offsets [n_docs + 1] int64),
@@ -591,15 +587,7 @@ static PyObject *select_tokens(PyObject *self, PyObject *args) {
         }
         if (bad) break;
     }
-    Py_END_ALLOW_THREADS if (bad == 1) {
-        PyErr_SetString(PyExc_IndexError, "select_tokens: a document, row, vector or centroid id is out of range");
-        return NULL;
-    }
-    if (bad == 2) {
-        PyErr_SetString(PyExc_ValueError, "select_tokens: output too small");
-        return NULL;
-    }
-    return PyLong_FromLongLong(n);
+    Py_END_ALLOW_THREADS return selected(bad, n, "select_tokens", "a document, row, vector or centroid id");
 }
 
 static PyObject *select_kernel(PyObject *self, PyObject *args) {
