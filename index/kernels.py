@@ -133,6 +133,8 @@ def centroid_max(
     of its vectors (-inf if none), from the centroid -> document inverted lists (``ivf_offsets`` [C+1],
     ``ivf_docs``). No vector is read: one pass over the lists in C on CPU, torch elsewhere."""
     lq = S.shape[1]
+    if S.shape[0] != ivf_offsets.numel() - 1:
+        raise ValueError(f"centroid_max: {S.shape[0]} centroid scores for {ivf_offsets.numel() - 1} inverted lists")
     out = filled(m, lq, device=S.device)
     if (
         FUSED is not None

@@ -231,6 +231,12 @@ class Segment:
         ``pos``: the stored originals when kept (and ``full``), else decompressed residuals; fused into
         one pass on CPU (``tessera.index.kernels``). ``trusted``: positions and rows come from the
         ``kernels.select_*`` functions over this segment's tables (already checked)."""
+        if trusted and "tables_agree" not in self.cache:  # selections check ids against the codes' length
+            n = self.n_vectors
+            tables = [t for t in (self.vectors, self.residuals, self.token_ids) if t is not None]
+            if any(t.shape[0] != n for t in tables) or int(self.offsets[-1]) != n:
+                raise IndexError(f"segment {self.name}: its tables disagree on the number of vectors")
+            self.cache["tables_agree"] = True
         if full and self.vectors is not None:
             gather_max(self.vectors, pos.to(self.device), rows, query, best, trusted)
             return

@@ -309,6 +309,18 @@ def test_selections_reject_out_of_range_ids():
 
 
 @needs_kernel
+def test_trusted_scoring_refuses_a_segment_whose_tables_disagree(corpus, doc_ids, queries):
+    """Selections check ids against the codes; the first trusted call checks that the other tables
+    (originals, residuals, token ids, offsets) hold as many vectors (a crafted file could differ)."""
+    index = build(corpus.docs, doc_ids, keep_vectors=True)
+    seg = index.snapshot.segments[0]
+    seg.vectors = seg.vectors[:-1]
+    with pytest.raises(IndexError, match="disagree"):
+        seg.score_max(index.snapshot.codec, torch.tensor([0]), torch.tensor([0]), queries[0], torch.zeros(1, 16),
+                      trusted=True)  # fmt: skip
+
+
+@needs_kernel
 @pytest.mark.usefixtures("each_kernel")
 def test_segment_refuses_centroid_ids_beyond_the_codebook(corpus, doc_ids, queries):
     index = build(corpus.docs, doc_ids)
