@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tessera.index import kernels
-from tessera.index.kernels import padded_max_sum, ranges, sum_best
+from tessera.index.kernels import filled, padded_max_sum, select_tokens, sum_best
 from tessera.index.snapshot import Snapshot
 from tessera.scoring import maxsim_padded
 
@@ -23,11 +23,10 @@ def _fused(queries: torch.Tensor) -> bool:
 def _fused_scores(snap: Snapshot, seg, loc: torch.Tensor, query: torch.Tensor, weights, full: bool) -> torch.Tensor:
     """Exact MaxSim [len(loc)] of one query [Lq, dim] against local documents ``loc`` of ``seg``: one
     pass of the compiled kernel over their vectors (no padding)."""
-    lens = seg.lengths[loc]
-    rows = torch.repeat_interleave(torch.arange(loc.numel()), lens)
-    best = torch.full((loc.numel(), query.shape[0]), float("-inf"))
-    seg.score_max(snap.codec, ranges(seg.offsets[loc], lens), rows, query, best, full)
-    return sum_best(best, lens, weights)
+    pos, rows = select_tokens(seg.offsets, loc, seg.codes, None)
+    best = filled(loc.numel(), query.shape[0])
+    seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
+    return sum_best(best, seg.lengths[loc], weights)
 
 
 def score_docs(

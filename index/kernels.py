@@ -84,9 +84,14 @@ def select_candidates(
     mark = torch.zeros(n_docs, dtype=torch.bool, device=dev)
     mark[ivf_docs.to(dev)[ranges(off[cells], off[cells + 1] - off[cells])].long()] = True
     cand = (mark & allowed).nonzero().flatten()
-    rowmap = torch.full((n_docs,), -1, dtype=torch.int64, device=dev)
-    rowmap[cand] = torch.arange(cand.numel(), device=dev)
-    return cand, rowmap
+    return cand, rank_map(cand, n_docs)
+
+
+def rank_map(docs: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """[n_docs] int64: the rank of each document among ``docs`` (distinct), -1 for the others."""
+    rowmap = torch.full((n_docs,), -1, dtype=torch.int64, device=docs.device)
+    rowmap[docs] = torch.arange(docs.numel(), device=docs.device)
+    return rowmap
 
 
 def select_ivf(
@@ -253,6 +258,18 @@ def _fused_dim(dim: int) -> bool:
     return dim % 16 == 0 and 0 < dim <= 1024
 
 
+def _padded_query(query: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the query [Lq, dim] as contiguous float32 with zero rows up to a multiple of 16 tokens, that
+    multiple): the layout the kernel reads."""
+    lq, dim = query.shape
+    lqp = -(-lq // 16) * 16
+    if lqp == lq:
+        return query.to(torch.float32).contiguous(), lqp
+    q = torch.zeros(lqp, dim)
+    q[:lq] = query
+    return q, lqp
+
+
 def _run_fused(
     fn, table_rows: int, pos: torch.Tensor, rows: torch.Tensor, query: torch.Tensor, best: torch.Tensor, trusted: bool
 ):
@@ -267,12 +284,7 @@ def _run_fused(
     ):
         raise IndexError("fused scoring: a vector position or an output row is out of range")
     lq, dim = query.shape
-    lqp = -(-lq // 16) * 16
-    if lqp == lq:
-        q = query.to(torch.float32).contiguous()
-    else:
-        q = torch.zeros(lqp, dim)
-        q[:lq] = query
+    q, lqp = _padded_query(query)
     direct = best.dtype == torch.float32 and best.is_contiguous() and lqp == lq
     out = best if direct else filled(m, lqp)
     if not direct:
@@ -324,9 +336,7 @@ def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torc
         and _fused_dim(dim)
         and n > 0
     ):
-        lqp = -(-lq // 16) * 16
-        q = torch.zeros(lqp, dim)
-        q[:lq] = query
+        q, lqp = _padded_query(query)
         out = filled(n, lqp)
         rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
         FUSED.scores(

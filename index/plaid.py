@@ -32,7 +32,15 @@ import torch
 
 from tessera.index import kernels
 from tessera.index.exact import topk
-from tessera.index.kernels import centroid_max, filled, select_candidates, select_ivf, select_tokens, sum_best
+from tessera.index.kernels import (
+    centroid_max,
+    filled,
+    rank_map,
+    select_candidates,
+    select_ivf,
+    select_tokens,
+    sum_best,
+)
 from tessera.index.snapshot import Snapshot
 
 PARAMS = {
@@ -131,8 +139,7 @@ def stage2(
             top = _approx(approx, w).topk(p["ncandidates"]).indices.sort().values
             cand = cand[top.to(cand.device)]
             n_cand = cand.numel()
-            rowmap = torch.full_like(rowmap, -1)
-            rowmap[cand] = torch.arange(n_cand, device=rowmap.device)
+            rowmap = rank_map(cand, seg.n_docs)
         pos, rows = select_ivf(voff, order, order_docs, kept, rowmap, n_cand)
         best = filled(n_cand, lq, device=dev)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
@@ -182,6 +189,12 @@ def _approx(best: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return best @ w if w is not None else best.sum(1)
 
 
+def _keep(best: torch.Tensor, gidx: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``top`` of ``best`` and ``gidx`` (``index_select``: unlike ``best[top]`` it opens no
+    OpenMP region, see ``kernels.filled``)."""
+    return best.index_select(0, top), gidx[top]
+
+
 def search(
     snap: Snapshot,
     queries: torch.Tensor,
@@ -206,16 +219,14 @@ def search(
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
-            top = _approx(best, w).topk(p["ndocs"]).indices
-            best, gidx = best.index_select(0, top), gidx[top]  # index_select: no OpenMP region (kernels.filled)
+            best, gidx = _keep(best, gidx, _approx(best, w).topk(p["ndocs"]).indices)
         seen = thr  # vectors of centroids scoring at least this have been scored for every document in gidx
         if gidx.numel() > p["nfinal"]:
             low = p["tier_threshold"]
             if low < thr:
                 score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3)
                 seen = low
-            top = _approx(best, w).topk(p["nfinal"]).indices
-            best, gidx = best.index_select(0, top), gidx[top]  # index_select: no OpenMP region (kernels.filled)
+            best, gidx = _keep(best, gidx, _approx(best, w).topk(p["nfinal"]).indices)
         # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
         score_tokens(snap, query, best, gidx, cmax < seen, full, stats, 4)
         gidx = gidx.cpu()
