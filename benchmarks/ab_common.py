@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tessera.index import MultiVectorIndex, bench
+import torch
+
+from tessera.index import MultiVectorIndex, bench, kernels
 
 
 def add_data_args(ap: argparse.ArgumentParser, synthetic: bool = True) -> None:
@@ -22,8 +24,12 @@ def add_data_args(ap: argparse.ArgumentParser, synthetic: bool = True) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="passes over the queries")
 
 
-def load(args: argparse.Namespace) -> tuple[bench.BenchData, MultiVectorIndex]:
-    """(the encodings cached by the bench, or its synthetic vectors; the index at --index-dir)."""
+def load(args: argparse.Namespace, need_kernel: bool = False) -> tuple[bench.BenchData, MultiVectorIndex]:
+    """(the encodings cached by the bench, or its synthetic vectors; the index at --index-dir), with
+    torch at --threads; exits when ``need_kernel`` and the compiled kernel is not available."""
+    torch.set_num_threads(args.threads)
+    if need_kernel and kernels.FUSED is None:
+        raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
     if getattr(args, "synthetic", None):
         data = bench.synthetic_data(args.synthetic, 128, args.queries)
     elif args.data:

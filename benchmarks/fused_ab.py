@@ -30,10 +30,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--kernels", default="avx512,avx2", help="compiled kernels to compare with torch")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if kernels.FUSED is None:
-        raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
-    data, index = load(args)
+    data, index = load(args, need_kernel=True)
     snap = index.snapshot
     queries, mask = data.queries, snap.alive_all
     fused = kernels.FUSED

@@ -15,7 +15,6 @@ import json
 import statistics
 import time
 
-import torch
 from ab_common import add_data_args, load
 
 from tessera.index import kernels
@@ -27,10 +26,7 @@ def main() -> None:
     ap.set_defaults(threads=2)
     ap.add_argument("--grid", type=json.loads, default=[{}, {"full_rerank": False}], help="JSON list of params")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if kernels.FUSED is None:
-        raise SystemExit("the compiled kernel is not available here (see docs/indexing.md, 'Scoring kernels')")
-    data, index = load(args)
+    data, index = load(args, need_kernel=True)
     queries = data.queries
     for params in args.grid:
         times: dict[int, list[float]] = {1: [], 2: []}

@@ -38,8 +38,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         best, gidx = plaid.stage2(snap, query, ST, cmax, cells, mask, p, st)
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:
-            top = plaid._approx(best, None).topk(p["ndocs"]).indices
-            best, gidx = best.index_select(0, top), gidx[top]
+            best, gidx = plaid._keep(best, gidx, plaid._approx(best, None).topk(p["ndocs"]).indices)
         t1 = clock()
         cov["stage2"].append(len(want & set(gidx.tolist())) / k)
         seen = thr
@@ -48,8 +47,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
                 tier = (cmax >= p["tier_threshold"]) & (cmax < thr)
                 plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3)
                 seen = p["tier_threshold"]
-            top = plaid._approx(best, None).topk(p["nfinal"]).indices
-            best, gidx = best.index_select(0, top), gidx[top]
+            best, gidx = plaid._keep(best, gidx, plaid._approx(best, None).topk(p["nfinal"]).indices)
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
         plaid.score_tokens(snap, query, best, gidx, cmax < seen, full, st, 4)

@@ -53,7 +53,6 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--grid", type=json.loads, default=[{}, {"full_rerank": False}], help="JSON list of params")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     old = load_revision(args.rev)
     data, index = load(args)
     snap = index.snapshot
