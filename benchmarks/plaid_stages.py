@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tessera.index import MultiVectorIndex, bench, plaid
-from tessera.index.kernels import sum_best
+from tessera.index.kernels import sum_best, top_rows
 
 
 def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.perf_counter) -> dict:
@@ -38,7 +38,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         best, gidx = plaid.stage2(snap, query, ST, cmax, cells, mask, p, st)
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:
-            best, gidx = plaid._keep(best, gidx, plaid._approx(best, None).topk(p["ndocs"]).indices)
+            best, gidx = plaid._keep(best, gidx, top_rows(best, p["ndocs"]))
         t1 = clock()
         cov["stage2"].append(len(want & set(gidx.tolist())) / k)
         seen = thr
@@ -47,7 +47,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
                 tier = (cmax >= p["tier_threshold"]) & (cmax < thr)
                 plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3)
                 seen = p["tier_threshold"]
-            best, gidx = plaid._keep(best, gidx, plaid._approx(best, None).topk(p["nfinal"]).indices)
+            best, gidx = plaid._keep(best, gidx, top_rows(best, p["nfinal"]))
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
         plaid.score_tokens(snap, query, best, gidx, cmax < seen, full, st, 4)

@@ -3,7 +3,8 @@
  * For i < n, t < lqp:  best[rows[i], t] = max(best[rows[i], t], sum_d v_i[d] * qT[d, t])
  * where v_i is row pos[i] of
  *   gather_max:       fp16 originals vec [T, dim] (raw uint16), or
- *   scores:           float32 rows table [n, dim] in order (pos[i] = rows[i] = i; the centroid scores), or
+ *   scores:           float32 rows table [n, dim] in order (pos[i] = rows[i] = i; the centroid scores,
+ *                     stored: best[i, t] = the product), or
  *   gather_max_codes: a compressed vector: centroids[codes[pos[i]]] + the residual that the bytes
  *                     packed[pos[i], :] select in the lookup table lut [B * 256, per] (byte j with value
  *                     b adds lut[j * 256 + b] to dims j * per .. j * per + per - 1), divided by its norm
@@ -15,20 +16,22 @@
  * Without the intermediate [n, dim] fp32 copy and [n, lqp] similarity matrix that numpy/torch would
  * materialise, rows are rebuilt in a small buffer, prefetched ahead of use, and the query stays in L1.
  * Kernels for AVX-512F and for AVX2+FMA+F16C are chosen at run time; on other CPUs the functions
- * return False and the caller uses its torch path. One thread per call; the GIL is released while it
- * runs, so concurrent searches (the service's workers) run their kernels in parallel.
+ * return False and the caller uses its torch path. One or two threads per call (run_split); the GIL is
+ * released while it runs, so concurrent searches (the service's workers) run their kernels in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_DIM 1024
 #define MAX_LQ 1024
-#define SPLIT_MIN 2048 /* vectors: fewer are scored on one thread even when two are allowed */
+#define SPLIT_MIN 1024 /* vectors: fewer are scored on one thread even when two are allowed */
 #define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
 #define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
@@ -48,10 +51,13 @@ typedef struct {
     int64_t dim;
     const int64_t *pos;
     const int64_t *rows;
-    int64_t n;
+    int64_t n;          /* vectors in all (prefetching looks ahead up to here) */
+    int64_t begin, end; /* the vectors [begin, end) this call scores */
     const float *qT;
     int64_t lqp;
     float *best;
+    int64_t m;  /* rows of best */
+    int assign; /* store the products instead of maxing them into best (rows in order only) */
 } job_t;
 
 typedef void (*kernel_t)(const job_t *);
@@ -124,7 +130,7 @@ static inline int64_t out_row(const job_t *j, int64_t i) { return j->rows != NUL
 #define ROWS 4
 __attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t *j, int64_t i,
                                                                      float buf[ROWS][MAX_DIM], float scale[ROWS]) {
-    const int cnt = (j->n - i < ROWS) ? (int)(j->n - i) : ROWS;
+    const int cnt = (j->end - i < ROWS) ? (int)(j->end - i) : ROWS;
     prefetch(j, i + PREFETCH_AHEAD, i + PREFETCH_AHEAD + ROWS);
     prefetch_far(j, i + PREFETCH_FAR, i + PREFETCH_FAR + ROWS);
     for (int v = 0; v < ROWS; v++) {
@@ -144,12 +150,21 @@ __attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t
     return cnt;
 }
 
+/* o = max(o, v), or o = v for jobs that assign (each output written once: the centroid scores). */
+__attribute__((target("avx512f"))) static inline void put16(float *o, __m512 v, int assign) {
+    _mm512_storeu_ps(o, assign ? v : _mm512_max_ps(_mm512_loadu_ps(o), v));
+}
+
+__attribute__((target("avx2"))) static inline void put8(float *o, __m256 v, int assign) {
+    _mm256_storeu_ps(o, assign ? v : _mm256_max_ps(_mm256_loadu_ps(o), v));
+}
+
 /* AVX-512: 4 vectors x 32 query tokens per pass (8 accumulators of 16 floats). */
 __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
     float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
     float scale[ROWS];
     const int64_t dim = j->dim, lqp = j->lqp, nblk = lqp / 16;
-    for (int64_t i = 0; i < j->n; i += ROWS) {
+    for (int64_t i = j->begin; i < j->end; i += ROWS) {
         const int cnt = load_rows(j, i, buf, scale);
         int64_t tb = 0;
         for (; tb + 2 <= nblk; tb += 2) {
@@ -176,8 +191,8 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
             for (int v = 0; v < cnt; v++) {
                 const __m512 s = _mm512_set1_ps(scale[v]);
                 float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                _mm512_storeu_ps(o, _mm512_max_ps(_mm512_loadu_ps(o), _mm512_mul_ps(acc[v][0], s)));
-                _mm512_storeu_ps(o + 16, _mm512_max_ps(_mm512_loadu_ps(o + 16), _mm512_mul_ps(acc[v][1], s)));
+                put16(o, _mm512_mul_ps(acc[v][0], s), j->assign);
+                put16(o + 16, _mm512_mul_ps(acc[v][1], s), j->assign);
             }
         }
         for (; tb < nblk; tb++) {
@@ -193,7 +208,7 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
             const __m512 acc[4] = {a0, a1, a2, a3};
             for (int v = 0; v < cnt; v++) {
                 float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                _mm512_storeu_ps(o, _mm512_max_ps(_mm512_loadu_ps(o), _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v]))));
+                put16(o, _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v])), j->assign);
             }
         }
     }
@@ -205,7 +220,7 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
     float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
     float scale[ROWS];
     const int64_t dim = j->dim, lqp = j->lqp;
-    for (int64_t i = 0; i < j->n; i += ROWS) {
+    for (int64_t i = j->begin; i < j->end; i += ROWS) {
         const int cnt = load_rows(j, i, buf, scale);
         for (int64_t tb = 0; tb < lqp; tb += 16) {
             __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
@@ -231,8 +246,8 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
             for (int v = 0; v < cnt; v++) {
                 const __m256 s = _mm256_set1_ps(scale[v]);
                 float *o = j->best + out_row(j, i + v) * lqp + tb;
-                _mm256_storeu_ps(o, _mm256_max_ps(_mm256_loadu_ps(o), _mm256_mul_ps(acc[v][0], s)));
-                _mm256_storeu_ps(o + 8, _mm256_max_ps(_mm256_loadu_ps(o + 8), _mm256_mul_ps(acc[v][1], s)));
+                put8(o, _mm256_mul_ps(acc[v][0], s), j->assign);
+                put8(o + 8, _mm256_mul_ps(acc[v][1], s), j->assign);
             }
         }
     }
@@ -256,39 +271,166 @@ static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 
 static kernel_t KERNEL = NULL;
 
-static void *run_kernel(void *job) {
-    KERNEL((const job_t *)job);
+/* A second thread for run_split: one worker, started at the first split and kept. After a job it spins
+ * (SPIN_US) for the next one, so that the calls of one search, a few hundred microseconds apart, do not
+ * each pay a thread start or a wake-up (about 100 us on a virtual machine, as much as the work they
+ * split); then it sleeps on a condition variable. One caller owns it at a time; others, e.g. concurrent
+ * searches, run on their own thread. The vectors are taken CHUNK at a time from a shared counter, so
+ * that when the worker is late (asleep, or its core busy) the caller does the work alone, never waiting
+ * for it to start. */
+#define CHUNK 512                  /* vectors per take (a multiple of ROWS) */
+#define SPIN_US 500                /* how long the idle worker polls before it sleeps */
+#define KEEP_FLOATS (1 << 20)      /* the worker's copy of best is kept between calls up to this size */
+enum { IDLE, POSTED, JOINED };     /* a job's state: the worker joins it or the caller takes it back */
+
+static struct {
+    pthread_mutex_t lock; /* guards sleeping, started and the condition */
+    pthread_cond_t wake;
+    int started, sleeping;
+    atomic_int owned;     /* a caller uses the worker */
+    atomic_int state;     /* IDLE, POSTED, JOINED */
+    atomic_int done;      /* the worker has left the joined job */
+    atomic_llong next;    /* next chunk to take */
+    const job_t *job;
+    float *mine;          /* the worker's rows of best for gathered jobs, grown as needed */
+    size_t cap;
+    int used;             /* mine holds results to merge */
+    atomic_llong joined;  /* jobs the worker took part in (for tests) */
+} W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+}
+
+static inline int64_t now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+/* Scores the job's chunks until none is left, into `best` (the job's own), or for the worker into what
+ * `rows_for` gives before its first chunk (NULL: it takes none). */
+static void take_chunks(const job_t *job, float *best, float *(*rows_for)(const job_t *)) {
+    job_t part = *job;
+    part.best = best;
+    for (int first = 1;; first = 0) {
+        if (first && rows_for != NULL) { /* the worker: only where chunks are left */
+            if (atomic_load(&W.next) * CHUNK >= job->n || (part.best = rows_for(job)) == NULL) return;
+        }
+        const int64_t c = atomic_fetch_add(&W.next, 1);
+        if (c * CHUNK >= job->n) return;
+        part.begin = c * CHUNK;
+        part.end = part.begin + CHUNK < job->n ? part.begin + CHUNK : job->n;
+        KERNEL(&part);
+    }
+}
+
+/* Where the worker's chunks go: rows in order (rows NULL) have rows of their own in each chunk and are
+ * written in place; gathered ones into the worker's copy of best, filled with -inf. */
+static float *worker_rows(const job_t *job) {
+    if (job->rows == NULL) return job->best;
+    const size_t floats = (size_t)(job->m * job->lqp);
+    if (floats > W.cap) {
+        free(W.mine);
+        W.mine = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        W.cap = W.mine != NULL ? floats : 0;
+        if (W.mine == NULL) return NULL;
+    }
+    for (size_t i = 0; i < floats; i++) W.mine[i] = -INFINITY;
+    W.used = 1;
+    return W.mine;
+}
+
+static void *worker_main(void *unused) {
+    (void)unused;
+    int64_t idle_since = now_us();
+    for (;;) {
+        int posted = POSTED;
+        if (atomic_load(&W.state) == POSTED && atomic_compare_exchange_strong(&W.state, &posted, JOINED)) {
+            const job_t *job = W.job;
+            atomic_fetch_add(&W.joined, 1);
+            take_chunks(job, NULL, worker_rows);
+            atomic_store(&W.done, 1);
+            idle_since = now_us();
+            continue;
+        }
+        if (now_us() - idle_since < SPIN_US) {
+            cpu_relax();
+            continue;
+        }
+        pthread_mutex_lock(&W.lock);
+        W.sleeping = 1;
+        while (atomic_load(&W.state) != POSTED) pthread_cond_wait(&W.wake, &W.lock);
+        W.sleeping = 0;
+        pthread_mutex_unlock(&W.lock);
+    }
     return NULL;
 }
 
-/* Runs the job on `threads` (1 or 2) threads: the second takes the second half of the vectors into a
- * private copy of best [m, lqp] (rows of both halves may coincide), maxed into best afterwards. */
-static int run_split(job_t *job, int64_t m, int threads) {
-    if (threads < 2 || job->pos == NULL || job->n < SPLIT_MIN || m <= 0) {
-        KERNEL(job);
-        return 0;
+static void forget_worker(void) { /* in a forked child: the worker thread is not there */
+    pthread_mutex_init(&W.lock, NULL);
+    pthread_cond_init(&W.wake, NULL);
+    W.started = W.sleeping = 0;
+    atomic_store(&W.owned, 0);
+    atomic_store(&W.state, IDLE);
+}
+
+/* Takes the worker for one job (0: another caller has it, or it cannot start). */
+static int own_worker(void) {
+    int nobody = 0;
+    if (!atomic_compare_exchange_strong(&W.owned, &nobody, 1)) return 0;
+    pthread_mutex_lock(&W.lock);
+    if (!W.started) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        W.started = pthread_create(&thread, &attr, worker_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        static int hooked = 0;
+        if (W.started && !hooked) hooked = pthread_atfork(NULL, NULL, forget_worker) == 0;
     }
-    const size_t floats = (size_t)(m * job->lqp), bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    float *mine = aligned_alloc(64, bytes);
-    if (mine == NULL) return -1;
-    for (size_t i = 0; i < floats; i++) mine[i] = -INFINITY;
-    const int64_t half = job->n / 2 / ROWS * ROWS;
-    job_t second = *job;
-    second.pos += half;
-    second.rows += half;
-    second.n -= half;
-    second.best = mine;
-    job->n = half;
-    pthread_t thread;
-    const int started = pthread_create(&thread, NULL, run_kernel, &second) == 0;
-    KERNEL(job);
-    if (started)
-        pthread_join(thread, NULL);
-    else
-        KERNEL(&second);
-    for (size_t i = 0; i < floats; i++) job->best[i] = mine[i] > job->best[i] ? mine[i] : job->best[i];
-    free(mine);
-    return 0;
+    const int ok = W.started;
+    pthread_mutex_unlock(&W.lock);
+    if (!ok) atomic_store(&W.owned, 0);
+    return ok;
+}
+
+/* Runs the job on `threads` (1 or 2) threads (see W above); the worker's rows of a gathered job (rows
+ * of both threads may coincide) are maxed into best at the end. */
+static void run_split(job_t *job, int threads) {
+    job->begin = 0;
+    job->end = job->n;
+    if (threads < 2 || job->n < SPLIT_MIN || job->m <= 0 || !own_worker()) {
+        KERNEL(job);
+        return;
+    }
+    W.job = job;
+    W.used = 0;
+    atomic_store(&W.next, 0);
+    atomic_store(&W.done, 0);
+    atomic_store(&W.state, POSTED);
+    pthread_mutex_lock(&W.lock);
+    if (W.sleeping) pthread_cond_signal(&W.wake);
+    pthread_mutex_unlock(&W.lock);
+    take_chunks(job, job->best, NULL);
+    int posted = POSTED;
+    if (!atomic_compare_exchange_strong(&W.state, &posted, IDLE)) { /* the worker joined: wait for it */
+        while (!atomic_load(&W.done)) cpu_relax();
+        if (W.used) {
+            const size_t floats = (size_t)(job->m * job->lqp);
+            for (size_t i = 0; i < floats; i++) job->best[i] = W.mine[i] > job->best[i] ? W.mine[i] : job->best[i];
+        }
+        if (W.cap > KEEP_FLOATS) { /* kept between calls only up to 4 MB */
+            free(W.mine);
+            W.mine = NULL;
+            W.cap = 0;
+        }
+        atomic_store(&W.state, IDLE);
+    }
+    atomic_store(&W.owned, 0);
 }
 
 /* Fills the operands both entry points share, checks them, lays the query [lqp, dim] out as qT
@@ -311,10 +453,9 @@ static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t 
     job->qT = qT;
     job->lqp = lqp;
     job->best = (float *)best;
-    int failed;
-    Py_BEGIN_ALLOW_THREADS failed = run_split(job, m, threads);
+    job->m = m;
+    Py_BEGIN_ALLOW_THREADS run_split(job, threads);
     Py_END_ALLOW_THREADS free(qT);
-    if (failed) return PyErr_NoMemory();
     Py_RETURN_TRUE;
 }
 
@@ -355,8 +496,10 @@ static void reduce_scores(const float *out, int64_t n, int64_t lq, int64_t lqp, 
 
 static PyObject *scores(PyObject *self, PyObject *args) {
     Py_ssize_t table, dim, n, q, lq, lqp, out, rowmax, argmax;
+    int threads;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnn", &table, &dim, &n, &q, &lq, &lqp, &out, &rowmax, &argmax)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnni", &table, &dim, &n, &q, &lq, &lqp, &out, &rowmax, &argmax, &threads))
+        return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     if (lq <= 0 || lq > lqp || lq > MAX_LQ) {
         PyErr_SetString(PyExc_ValueError, "scores: need 0 < lq <= lqp and lq <= 1024");
@@ -364,7 +507,8 @@ static PyObject *scores(PyObject *self, PyObject *args) {
     }
     job_t job = {0};
     job.vec32 = (const float *)table;
-    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, 1);
+    job.assign = 1;
+    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads);
     if (ran == NULL || rowmax == 0) return ran;
     Py_BEGIN_ALLOW_THREADS reduce_scores((const float *)out, n, lq, lqp, (float *)rowmax, (int64_t *)argmax);
     Py_END_ALLOW_THREADS return ran;
@@ -614,6 +758,83 @@ static PyObject *kernel(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(kernel_name(KERNEL));
 }
 
+/* top_rows: the n rows of best (float32 [m, ld], first lq columns) with the largest approximate score
+ * sum_t max(best[i, t], 0) * w[t] (w float32 [lq]; NULL: 1), in increasing order into out (int64 [n]);
+ * ties go to the lower row. PLAID's pruning between stages: a quickselect, no full sort. */
+static float kth_smallest(float *a, int64_t len, int64_t k) { /* reorders a */
+    int64_t lo = 0, hi = len - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        float x = a[lo], y = a[mid], z = a[hi]; /* median of three as pivot */
+        const float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                const float t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return a[k];
+    }
+    return a[k];
+}
+
+static PyObject *top_rows(PyObject *self, PyObject *args) {
+    Py_ssize_t best_a, m, lq, ld, w_a, n, out_a;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnnnnnn", &best_a, &m, &lq, &ld, &w_a, &n, &out_a)) return NULL;
+    if (m < 0 || lq < 0 || ld < lq || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "top_rows: need m, n >= 0 and 0 <= lq <= ld");
+        return NULL;
+    }
+    const float *best = (const float *)best_a, *w = (const float *)w_a;
+    int64_t *out = (int64_t *)out_a;
+    if (n >= m) {
+        for (Py_ssize_t i = 0; i < m; i++) out[i] = i;
+        return PyLong_FromSsize_t(m);
+    }
+    if (n == 0) return PyLong_FromLong(0);
+    float *score = malloc(2 * (size_t)m * sizeof(float));
+    if (score == NULL) return PyErr_NoMemory();
+    float *scratch = score + m;
+    int64_t got = 0;
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < m; i++) {
+        const float *b = best + i * ld;
+        float sum = 0.0f;
+        if (w != NULL)
+            for (Py_ssize_t t = 0; t < lq; t++) sum += (b[t] > 0.0f ? b[t] : 0.0f) * w[t];
+        else
+            for (Py_ssize_t t = 0; t < lq; t++) sum += b[t] > 0.0f ? b[t] : 0.0f;
+        score[i] = scratch[i] = sum;
+    }
+    const float cut = kth_smallest(scratch, m, m - n); /* the n-th largest */
+    int64_t above = 0;
+    for (Py_ssize_t i = 0; i < m; i++) above += score[i] > cut;
+    int64_t ties = n - above; /* rows scoring exactly `cut` that are kept, the first ones */
+    for (Py_ssize_t i = 0; i < m && got < n; i++) {
+        const int keep = score[i] > cut || (score[i] == cut && ties > 0);
+        ties -= score[i] == cut && keep;
+        out[got] = i;
+        got += keep;
+    }
+    Py_END_ALLOW_THREADS free(score);
+    return PyLong_FromLongLong(got);
+}
+
+static PyObject *worker_jobs(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLongLong(atomic_load(&W.joined));
+}
+
 static PyMethodDef METHODS[] = {
     {"gather_max", gather_max, METH_VARARGS, "best[rows[i]] = max(best[rows[i]], fp16 vec[pos[i]] @ query.T)"},
     {"scores", scores, METH_VARARGS,
@@ -624,6 +845,8 @@ static PyMethodDef METHODS[] = {
     {"select_candidates", select_candidates, METH_VARARGS, "documents in the inverted lists of some centroids"},
     {"select_ivf", select_ivf, METH_VARARGS, "positions and rows of kept centroids' vectors in selected documents"},
     {"select_tokens", select_tokens, METH_VARARGS, "positions and rows of documents' vectors in selected centroids"},
+    {"top_rows", top_rows, METH_VARARGS, "the rows with the largest clamped (weighted) sums, in order"},
+    {"worker_jobs", worker_jobs, METH_NOARGS, "how many split calls the second thread has taken part in"},
     {"kernel", kernel, METH_NOARGS, "the kernel chosen for this CPU: avx512, avx2 or none"},
     {"select", select_kernel, METH_VARARGS, "use kernel avx512 or avx2 if this CPU runs it; returns whether it does"},
     {NULL, NULL, 0, NULL},

@@ -231,6 +231,36 @@ def sum_best(best: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | 
     return best @ weights if weights is not None else best.sum(1)
 
 
+def clamped_sum(best: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """[m] approximate scores of ``best`` [m, Lq] (PLAID's stages 2-3): a query token that no scored
+    vector of the document matched (or matched negatively) contributes 0."""
+    best = best.clamp_min(0)
+    return best @ weights if weights is not None else best.sum(1)
+
+
+def top_rows(best: torch.Tensor, n: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``n`` rows of ``best`` [m, Lq] with the largest ``clamped_sum``, in increasing order (all rows
+    when m <= n; ties go to the lower row). In C on CPU (sums and a quickselect, no sort), torch
+    elsewhere."""
+    m, lq = best.shape
+    if (
+        FUSED is not None
+        and best.device.type == "cpu"
+        and best.dtype == torch.float32
+        and best.stride(1) == 1
+        and (weights is None or weights.device.type == "cpu")
+    ):
+        w = weights.to(torch.float32).contiguous() if weights is not None else None
+        out = torch.empty(min(n, m), dtype=torch.int64)
+        got = FUSED.top_rows(best.data_ptr(), m, lq, best.stride(0), w.data_ptr() if w is not None else 0, n,
+                             out.data_ptr())  # fmt: skip
+        return out[:got]
+    if n >= m:
+        return torch.arange(m, device=best.device)
+    order = torch.sort(clamped_sum(best, weights), descending=True, stable=True).indices  # ties: lower row first
+    return order[:n].sort().values
+
+
 def scatter_max(best: torch.Tensor, rows: torch.Tensor, sims: torch.Tensor) -> None:
     """In place ``best[rows[i]] = max(best[rows[i]], sims[i])`` (torch's scatter-max)."""
     best.scatter_reduce_(0, rows.to(best.device).long()[:, None].expand(-1, sims.shape[1]), sims, "amax")
@@ -337,11 +367,11 @@ def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torc
         and n > 0
     ):
         q, lqp = _padded_query(query)
-        out = filled(n, lqp)
+        out = torch.empty(n, lqp)  # written, not maxed into
         rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
-        FUSED.scores(
-            table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr()
-        )
+        threads = min(MAX_THREADS, torch.get_num_threads())
+        args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), threads)
+        FUSED.scores(table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, *args)
         return out[:, :lq], rowmax, argmax
     S = (query @ table.T).T  # a view of [Lq, n]: the reductions over n run along rows
     return S, S.amax(1), S.argmax(0)

@@ -27,7 +27,6 @@ torch elsewhere (CPU or GPU).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from tessera.index import kernels
@@ -40,6 +39,7 @@ from tessera.index.kernels import (
     select_ivf,
     select_tokens,
     sum_best,
+    top_rows,
 )
 from tessera.index.snapshot import Snapshot
 
@@ -136,7 +136,7 @@ def stage2(
         voff, order, order_docs = seg.vector_ivf(C)
         if n_cand > p["ncandidates"]:
             approx = centroid_max(seg.ivf_offsets, seg.ivf_docs, kept, rowmap, n_cand, ST)
-            top = _approx(approx, w).topk(p["ncandidates"]).indices.sort().values
+            top = top_rows(approx, p["ncandidates"], w)
             cand = cand[top.to(cand.device)]
             n_cand = cand.numel()
             rowmap = rank_map(cand, seg.n_docs)
@@ -180,15 +180,6 @@ def score_tokens(
         seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
 
 
-def _approx(best: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """Approximate scores of stages 2-3: a query token that no scored vector of the document matched
-    contributes 0 (as in PLAID)."""
-    if best.device.type == "cpu" and w is None:  # numpy: one thread (see ``kernels.filled``)
-        return torch.from_numpy(np.maximum(best.numpy(), 0).sum(1))
-    best = best.clamp_min(0)
-    return best @ w if w is not None else best.sum(1)
-
-
 def _keep(best: torch.Tensor, gidx: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows ``top`` of ``best`` and ``gidx`` (``index_select``: unlike ``best[top]`` it opens no
     OpenMP region, see ``kernels.filled``)."""
@@ -219,14 +210,14 @@ def search(
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
-            best, gidx = _keep(best, gidx, _approx(best, w).topk(p["ndocs"]).indices)
+            best, gidx = _keep(best, gidx, top_rows(best, p["ndocs"], w))
         seen = thr  # vectors of centroids scoring at least this have been scored for every document in gidx
         if gidx.numel() > p["nfinal"]:
             low = p["tier_threshold"]
             if low < thr:
                 score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3)
                 seen = low
-            best, gidx = _keep(best, gidx, _approx(best, w).topk(p["nfinal"]).indices)
+            best, gidx = _keep(best, gidx, top_rows(best, p["nfinal"], w))
         # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
         score_tokens(snap, query, best, gidx, cmax < seen, full, stats, 4)
         gidx = gidx.cpu()

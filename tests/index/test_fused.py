@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,59 @@ def test_two_threads_give_what_one_gives(monkeypatch, codes):
 
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
+def test_split_calls_use_the_worker_and_concurrent_callers_get_their_own_results(monkeypatch):
+    """The second thread is one kept worker: back-to-back calls find it awake and share their vectors
+    with it; callers in other threads meanwhile run alone. Every result equals the one-thread one."""
+    g = torch.Generator().manual_seed(11)
+    v = torch.nn.functional.normalize(torch.randn(6000, 64, generator=g), dim=1).half()
+    jobs = [
+        (torch.randint(0, 6000, (3000 + 500 * i,), generator=g), torch.randint(0, 40, (3000 + 500 * i,), generator=g),
+         torch.randn(16, 64, generator=g))
+        for i in range(6)
+    ]  # fmt: skip
+
+    def run(pos, rows, q):
+        best = torch.full((40, 16), float("-inf"))
+        kernels.gather_max(v, pos, rows, q, best)
+        return best
+
+    monkeypatch.setattr(kernels, "MAX_THREADS", 1)
+    want = [run(*j) for j in jobs]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernels, "MAX_THREADS", 2)
+    before = kernels.FUSED.worker_jobs()
+    for _ in range(200):
+        assert all(torch.equal(run(*j), w) for j, w in zip(jobs, want, strict=True))
+        if kernels.FUSED.worker_jobs() > before:
+            break
+    assert kernels.FUSED.worker_jobs() > before
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda j: run(*j), jobs))
+            assert all(torch.equal(a, w) for a, w in zip(got, want, strict=True))
+
+
+@needs_kernel
+def test_top_rows_match_torch(monkeypatch):
+    """The C selection keeps the rows the torch path keeps: largest clamped (weighted) sums, ties to the
+    lower row, returned in increasing order."""
+    g = torch.Generator().manual_seed(5)
+    for m in (1, 7, 300, 1608):
+        best = torch.randn(m, 32, generator=g)
+        best[torch.rand(m, 32, generator=g) < 0.3] = float("-inf")
+        best[m // 2 :: 5] = best[m // 3].clone()  # ties
+        for w in (None, torch.rand(32, generator=g) + 0.5):
+            for n in sorted({1, 5, max(1, m - 1), m, m + 3}):
+                got = kernels.top_rows(best, n, w)
+                with monkeypatch.context() as mp:
+                    mp.setattr(kernels, "FUSED", None)
+                    want = kernels.top_rows(best, n, w)
+                assert torch.equal(got, want), (m, n, w is None)
+                assert got.numel() == min(n, m)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
 def test_gather_max_rejects_out_of_range_positions_and_rows():
     vectors = torch.randn(10, 16).half()
     query = torch.randn(4, 16)
@@ -191,6 +245,26 @@ def test_centroid_scores_match_torch(monkeypatch, lq, n):
     torch.testing.assert_close(rowmax, S.amax(1), rtol=0, atol=0)
     assert torch.equal(argmax, S.argmax(0))
     torch.testing.assert_close(rowmax, rowmax_t, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_kernel")
+def test_centroid_scores_on_two_threads_give_what_one_gives(monkeypatch):
+    """Over 2048 rows the table is split in two halves, one per thread; ties across the halves still
+    go to the first row."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(4099, 64, generator=g)
+    table[4098] = table[5]  # a tie between the halves
+    query = torch.randn(32, 64, generator=g)
+    query[7] = table[5] * 100  # token 7's best row is 5 (and 4098)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernels, "MAX_THREADS", 2)
+    split = kernels.scores(table, query)
+    monkeypatch.setattr(kernels, "MAX_THREADS", 1)
+    one = kernels.scores(table, query)
+    for a, b in zip(split, one, strict=True):
+        assert torch.equal(a, b)
+    assert split[2][7] == 5
 
 
 @pytest.fixture(scope="module")
