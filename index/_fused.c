@@ -32,6 +32,7 @@
 #define MAX_DIM 1024
 #define MAX_LQ 1024
 #define SPLIT_MIN 1024 /* vectors: fewer are scored on one thread even when two are allowed */
+#define CHUNK 512      /* vectors a thread takes at a time (a multiple of ROWS; see run_split) */
 #define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
 #define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
@@ -58,6 +59,11 @@ typedef struct {
     float *best;
     int64_t m;  /* rows of best */
     int assign; /* store the products instead of maxing them into best (rows in order only) */
+    /* for the centroid scores: each row's max over the first lq columns into rowmax, and per chunk of
+     * CHUNK rows each column's max and its first row into colmax / arg [chunks, lq] */
+    float *rowmax, *colmax;
+    int32_t *arg;
+    int64_t lq;
 } job_t;
 
 typedef void (*kernel_t)(const job_t *);
@@ -253,6 +259,41 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
     }
 }
 
+static inline float hmax8(__m256 v) __attribute__((target("avx2")));
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+/* The reductions of a scores job over its rows [begin, end), just written (still in cache). */
+__attribute__((target("avx2"))) static void reduce_chunk(const job_t *j) {
+    const int64_t lq = j->lq, lq8 = lq / 8 * 8, c = j->begin / CHUNK;
+    float *cm = j->colmax + c * lq;
+    int32_t *ca = j->arg + c * lq;
+    for (int64_t t = 0; t < lq; t++) cm[t] = -INFINITY, ca[t] = 0;
+    for (int64_t i = j->begin; i < j->end; i++) {
+        const float *o = j->best + i * j->lqp;
+        const __m256 row = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)i));
+        __m256 m = _mm256_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < lq8; t += 8) {
+            const __m256 v = _mm256_loadu_ps(o + t), cur = _mm256_loadu_ps(cm + t);
+            const __m256 gt = _mm256_cmp_ps(v, cur, _CMP_GT_OQ); /* strictly: the first row keeps a tie */
+            m = _mm256_max_ps(m, v);
+            _mm256_storeu_ps(cm + t, _mm256_blendv_ps(cur, v, gt));
+            const __m256 a = _mm256_loadu_ps((const float *)(ca + t));
+            _mm256_storeu_ps((float *)(ca + t), _mm256_blendv_ps(a, row, gt));
+        }
+        float rm = hmax8(m);
+        for (int64_t t = lq8; t < lq; t++) {
+            rm = o[t] > rm ? o[t] : rm;
+            if (o[t] > cm[t]) cm[t] = o[t], ca[t] = (int32_t)i;
+        }
+        j->rowmax[i] = rm;
+    }
+}
+
 static kernel_t pick_kernel(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return kernel_avx512;
@@ -265,6 +306,7 @@ static const char *kernel_name(kernel_t k) {
     return k == kernel_avx512 ? "avx512" : k == kernel_avx2 ? "avx2" : "none";
 }
 #else
+static void reduce_chunk(const job_t *j) { (void)j; } /* never called: there is no kernel */
 static kernel_t pick_kernel(void) { return NULL; }
 static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 #endif
@@ -278,7 +320,6 @@ static kernel_t KERNEL = NULL;
  * searches, run on their own thread. The vectors are taken CHUNK at a time from a shared counter, so
  * that when the worker is late (asleep, or its core busy) the caller does the work alone, never waiting
  * for it to start. */
-#define CHUNK 512                  /* vectors per take (a multiple of ROWS) */
 #define SPIN_US 500                /* how long the idle worker polls before it sleeps */
 #define KEEP_FLOATS (1 << 20)      /* the worker's copy of best is kept between calls up to this size */
 enum { IDLE, POSTED, JOINED };     /* a job's state: the worker joins it or the caller takes it back */
@@ -296,7 +337,7 @@ static struct {
     size_t cap;
     int used;             /* mine holds results to merge */
     atomic_llong joined;  /* jobs the worker took part in (for tests) */
-} W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+} W = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -308,6 +349,11 @@ static inline int64_t now_us(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+static void run_chunk(const job_t *part) {
+    KERNEL(part);
+    if (part->rowmax != NULL) reduce_chunk(part);
 }
 
 /* Scores the job's chunks until none is left, into `best` (the job's own), or for the worker into what
@@ -323,7 +369,7 @@ static void take_chunks(const job_t *job, float *best, float *(*rows_for)(const 
         if (c * CHUNK >= job->n) return;
         part.begin = c * CHUNK;
         part.end = part.begin + CHUNK < job->n ? part.begin + CHUNK : job->n;
-        KERNEL(&part);
+        run_chunk(&part);
     }
 }
 
@@ -404,7 +450,16 @@ static void run_split(job_t *job, int threads) {
     job->begin = 0;
     job->end = job->n;
     if (threads < 2 || job->n < SPLIT_MIN || job->m <= 0 || !own_worker()) {
-        KERNEL(job);
+        if (job->rowmax == NULL) {
+            KERNEL(job);
+            return;
+        }
+        for (int64_t i = 0; i < job->n; i += CHUNK) { /* reductions chunk by chunk, while in cache */
+            job_t part = *job;
+            part.begin = i;
+            part.end = i + CHUNK < job->n ? i + CHUNK : job->n;
+            run_chunk(&part);
+        }
         return;
     }
     W.job = job;
@@ -470,30 +525,6 @@ static PyObject *gather_max(PyObject *self, PyObject *args) {
     return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads);
 }
 
-/* Row maxima (over the first lq columns) and, per column t < lq, the first row holding its maximum, of
- * out [n, lqp]. Branch-free, so that the compiler vectorises it. */
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2")))
-#endif
-static void reduce_scores(const float *out, int64_t n, int64_t lq, int64_t lqp, float *rowmax, int64_t *argmax) {
-    float colmax[MAX_LQ];
-    int32_t arg[MAX_LQ];
-    for (int64_t t = 0; t < lq; t++) colmax[t] = -INFINITY, arg[t] = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const float *o = out + i * lqp;
-        float m = -INFINITY;
-        for (int64_t t = 0; t < lq; t++) {
-            const float v = o[t];
-            const int gt = v > colmax[t];
-            m = v > m ? v : m;
-            colmax[t] = gt ? v : colmax[t];
-            arg[t] = gt ? (int32_t)i : arg[t];
-        }
-        rowmax[i] = m;
-    }
-    for (int64_t t = 0; t < lq; t++) argmax[t] = arg[t];
-}
-
 static PyObject *scores(PyObject *self, PyObject *args) {
     Py_ssize_t table, dim, n, q, lq, lqp, out, rowmax, argmax;
     int threads;
@@ -508,10 +539,27 @@ static PyObject *scores(PyObject *self, PyObject *args) {
     job_t job = {0};
     job.vec32 = (const float *)table;
     job.assign = 1;
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+    if (rowmax != 0 && n > 0) {
+        job.rowmax = (float *)rowmax;
+        job.lq = lq;
+        job.colmax = malloc((size_t)(chunks * lq) * (sizeof(float) + sizeof(int32_t)));
+        if (job.colmax == NULL) return PyErr_NoMemory();
+        job.arg = (int32_t *)(job.colmax + chunks * lq);
+    }
     PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads);
-    if (ran == NULL || rowmax == 0) return ran;
-    Py_BEGIN_ALLOW_THREADS reduce_scores((const float *)out, n, lq, lqp, (float *)rowmax, (int64_t *)argmax);
-    Py_END_ALLOW_THREADS return ran;
+    if (ran != NULL && job.rowmax != NULL) { /* each column's best over the chunks, in order: the first row on ties */
+        int64_t *am = (int64_t *)argmax;
+        for (int64_t t = 0; t < lq; t++) {
+            float best = job.colmax[t];
+            int32_t at = job.arg[t];
+            for (int64_t c = 1; c < chunks; c++)
+                if (job.colmax[c * lq + t] > best) best = job.colmax[c * lq + t], at = job.arg[c * lq + t];
+            am[t] = at;
+        }
+    }
+    free(job.colmax);
+    return ran;
 }
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
