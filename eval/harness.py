@@ -127,7 +127,7 @@ def evaluate(
         encoder = load_encoder(model, device)
         use_backend(encoder, backend, threads)
         if nbits is None:  # by model: cluster representatives (CRISP, or post-hoc clustering) take 4 bits
-            nbits = default_nbits(bool(getattr(encoder.config, "clustered", False)) or spec is not None)
+            nbits = default_nbits(encoder.config.clustered or spec is not None)
         opts = methods.SearchOptions(k=k, device=device, params=params, nbits=nbits)
         if isinstance(encoder, DenseEncoder):
             if method != "exact" or params or spec is not None:

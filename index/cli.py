@@ -30,6 +30,7 @@ def bench_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tessera.index.bench import ALL_METHODS
+    from tessera.index.codec import QUANTIZERS
     from tessera.ingest.cli import JOB_DESCRIPTION, add_job_arguments
 
     index = subparsers.add_parser(
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--keep-vectors", action="store_true", help="also store fp16 originals (exact rerank)")
     b.add_argument("--ncentroids", type=int, help="override the number of centroids")
-    b.add_argument("--quantizer", default="scalar", choices=("scalar", "pq"), help="residual code (docs/indexing.md)")
+    b.add_argument("--quantizer", default="scalar", choices=QUANTIZERS, help="residual code (docs/indexing.md)")
     b.add_argument("--batch", type=int, default=2048, help="documents encoded and added per batch")
     b.set_defaults(func=run_build)
     i = isub.add_parser("info", help="verify an index folder (checksums) and print its statistics as JSON")
@@ -91,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
     p.add_argument(
-        "--quantizer", default="scalar", choices=("scalar", "pq"), help="residual code (index setting quantizer)"
+        "--quantizer", default="scalar", choices=QUANTIZERS, help="residual code (index setting quantizer)"
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
@@ -184,7 +185,7 @@ def run_build(args: argparse.Namespace) -> int:
     corpus = load_corpus(source)
     ids = list(corpus)
     encoder = load_encoder(args.model)
-    nbits = args.nbits or default_nbits(bool(getattr(encoder.config, "clustered", False)))
+    nbits = args.nbits or default_nbits(encoder.config.clustered)
     settings = {"ncentroids": args.ncentroids} if args.ncentroids else {}
     if args.quantizer != "scalar":
         settings["quantizer"] = args.quantizer

@@ -243,6 +243,8 @@ def top_rows(best: torch.Tensor, n: int, weights: torch.Tensor | None = None) ->
     when m <= n; ties go to the lower row). In C on CPU (sums and a quickselect, no sort), torch
     elsewhere."""
     m, lq = best.shape
+    if weights is not None and weights.numel() != lq:
+        raise ValueError(f"top_rows: {weights.numel()} weights for {lq} query tokens")
     if (
         FUSED is not None
         and best.device.type == "cpu"

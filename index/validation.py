@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from tessera.packed import PackedDocuments
@@ -24,7 +25,8 @@ def check_queries(queries, dim: int) -> torch.Tensor:
     if not q.is_floating_point():
         raise ValueError(f"query vectors must be floating point, got {q.dtype}")
     q = q.float()
-    if not torch.isfinite(q).all():
+    finite = np.isfinite(q.detach().numpy()).all() if q.device.type == "cpu" else torch.isfinite(q).all()
+    if not finite:
         raise ValueError("query vectors contain NaN or infinite values")
     return q.contiguous()
 

@@ -260,7 +260,7 @@ class Engine:
                     on_batch=lambda n, s: self.observer.encoded("query", n, s),
                 )
                 slot = _EncoderSlot(
-                    spec, int(enc.dim), q_enc, enc, batcher, clustered=bool(getattr(enc.config, "clustered", False))
+                    spec, int(enc.dim), q_enc, enc, batcher, clustered=enc.config.clustered
                 )
                 self._encoders[spec] = slot
             slot.users += 1

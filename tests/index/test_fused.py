@@ -162,6 +162,8 @@ def test_top_rows_match_torch(monkeypatch):
                     want = kernels.top_rows(best, n, w)
                 assert torch.equal(got, want), (m, n, w is None)
                 assert got.numel() == min(n, m)
+    with pytest.raises(ValueError, match="weights"):
+        kernels.top_rows(best, 3, torch.ones(31))
 
 
 @needs_kernel
