@@ -21,8 +21,8 @@ Every vector of a surviving document is scored once. The work counter ``dot_prod
 query-token x vector products of stages 2-4 (the decompress-and-score stages);
 ``stage2_dot_products`` etc. break it down.
 Everything is vectorised (no per-document Python loops): the vectors of each stage are selected by
-``kernels.select_*`` and scored by ``Segment.score_max``, on CPU both compiled (``tessera.index.kernels``),
-torch elsewhere (CPU or GPU).
+``kernels.select_*``, scored by ``Segment.score_max``, and the survivors of each pruning picked by
+``kernels.top_rows``; on CPU all compiled (``tessera.index.kernels``), torch elsewhere (CPU or GPU).
 """
 
 from __future__ import annotations

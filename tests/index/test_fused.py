@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,6 +146,44 @@ def test_split_calls_use_the_worker_and_concurrent_callers_get_their_own_results
         for _ in range(5):
             got = list(pool.map(lambda j: run(*j), jobs))
             assert all(torch.equal(a, w) for a, w in zip(got, want, strict=True))
+
+
+@needs_kernel
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_worker(monkeypatch):
+    """The worker thread does not survive fork: a child's split calls start one of their own (and never
+    wait for the parent's), with the same results."""
+    g = torch.Generator().manual_seed(13)
+    v = torch.nn.functional.normalize(torch.randn(4000, 32, generator=g), dim=1).half()
+    pos, rows = torch.randint(0, 4000, (3000,), generator=g), torch.randint(0, 30, (3000,), generator=g)
+    q = torch.randn(16, 32, generator=g)
+
+    def run():
+        best = torch.full((30, 16), float("-inf"))
+        kernels.gather_max(v, pos, rows, q, best)
+        return best.numpy().copy()
+
+    monkeypatch.setattr(kernels, "MAX_THREADS", 1)
+    want = run()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernels, "MAX_THREADS", 2)
+    run()  # the parent's worker exists before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when its results are right and its own worker joined a call
+        ok = False
+        try:
+            before = kernels.FUSED.worker_jobs()
+            ok = all((run() == want).all() for _ in range(100)) and kernels.FUSED.worker_jobs() > before
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if status[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status[1]) == 0
 
 
 @needs_kernel
