@@ -259,8 +259,7 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
     }
 }
 
-static inline float hmax8(__m256 v) __attribute__((target("avx2")));
-static inline float hmax8(__m256 v) {
+__attribute__((target("avx2"))) static inline float hmax8(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
