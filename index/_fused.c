@@ -597,9 +597,29 @@ static PyObject *selected(int bad, int64_t n, const char *name, const char *ids)
     return PyLong_FromLongLong(n);
 }
 
+/* Reorders the n pairs (pos, rows), rows below m, by row (a stable counting sort), so that the kernel
+ * reads each document's vectors together, near each other in memory, rather than in centroid order all
+ * over the table. Leaves them as they are when it cannot allocate. */
+static void sort_by_row(int64_t *pos, int64_t *rows, int64_t n, int64_t m) {
+    if (n < 2 || m < 2) return;
+    int64_t *start = calloc((size_t)m + 1 + 2 * (size_t)n, sizeof(int64_t));
+    if (start == NULL) return;
+    int64_t *tpos = start + m + 1, *trows = tpos + n;
+    for (int64_t i = 0; i < n; i++) start[rows[i] + 1]++;
+    for (int64_t r = 0; r < m; r++) start[r + 1] += start[r];
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t j = start[rows[i]]++;
+        tpos[j] = pos[i];
+        trows[j] = rows[i];
+    }
+    memcpy(pos, tpos, (size_t)n * sizeof(int64_t));
+    memcpy(rows, trows, (size_t)n * sizeof(int64_t));
+    free(start);
+}
+
 /* select_ivf: the vectors of centroids kept[0..nk) (inverted lists voff [C+1] int64 into order / docs
  * [T] int32: vector positions in centroid order and their local documents) whose document d has
- * rowmap[d] >= 0 (int64 [n_docs]; the output row, below m). */
+ * rowmap[d] >= 0 (int64 [n_docs]; the output row, below m), ordered by row (sort_by_row). */
 static PyObject *select_ivf(PyObject *self, PyObject *args) {
     Py_ssize_t voff_a, order_a, docs_a, n_vec, kept_a, nk, ncent, rowmap_a, n_docs, m, pos_a, rows_a, cap;
     (void)self;
@@ -638,6 +658,7 @@ static PyObject *select_ivf(PyObject *self, PyObject *args) {
         }
         if (bad) break;
     }
+    if (!bad && cap >= 0) sort_by_row(pos, rows, n, m);
     Py_END_ALLOW_THREADS return selected(bad, n, "select_ivf", "a centroid, document, row or vector id");
 }
 

@@ -103,9 +103,11 @@ def select_ivf(
     m: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, output rows) of the vectors of centroids ``kept`` whose document d is selected
-    (``rowmap[d] >= 0``, the row, below m). ``voff`` [C+1] / ``order`` / ``order_docs`` [T] are a
-    segment's centroid -> vector inverted lists (``Segment.vector_ivf``). One pass in C on CPU (ids are
-    checked there, so the kernel may trust the result), torch elsewhere."""
+    (``rowmap[d] >= 0``, the row, below m), ordered by row (stable: centroid order within a row), so
+    that the scoring reads each document's vectors together rather than all over the table.
+    ``voff`` [C+1] / ``order`` / ``order_docs`` [T] are a segment's centroid -> vector inverted lists
+    (``Segment.vector_ivf``). In C on CPU (ids are checked there, so the kernel may trust the result),
+    torch elsewhere."""
     if FUSED is not None and voff.device.type == "cpu" and order.dtype == order_docs.dtype == torch.int32:
         voff_c, voff_p = _ptr(voff, torch.int64)
         kept_c, kept_p = _ptr(kept, torch.int64)
@@ -122,7 +124,9 @@ def select_ivf(
     idx = ranges(voff[kept], voff[kept + 1] - voff[kept])
     rows = take(rowmap, take(order_docs, idx.to(order_docs.device)).to(dev).long())
     inside = rows >= 0
-    return take(order, idx[inside].to(order.device)).long(), rows[inside]
+    rows = rows[inside]
+    by_row = torch.sort(rows, stable=True).indices
+    return take(order, idx[inside][by_row].to(order.device)).long(), rows[by_row]
 
 
 def centroid_max(

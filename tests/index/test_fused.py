@@ -381,6 +381,8 @@ def test_selections_match_torch(monkeypatch, seed):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x.long(), y.long())
     assert fused[2][0].numel() > 0 and fused[3][0].numel() > 0
+    ivf_rows = fused[2][1]
+    assert (ivf_rows[1:] >= ivf_rows[:-1]).all()  # select_ivf: by row, each document's vectors together
     assert int(fused[4][0].numel()) == int((doc_off[locs + 1] - doc_off[locs]).sum())
     # centroid_max by its definition: per candidate, the best score among the kept centroids holding it
     cand, approx = fused[0][0], fused[1][0]
