@@ -350,25 +350,27 @@ static inline int64_t now_us(void) {
     return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
 }
 
-static void run_chunk(const job_t *part) {
-    KERNEL(part);
-    if (part->rowmax != NULL) reduce_chunk(part);
+/* Scores chunk c of the job (vectors [c * CHUNK, (c + 1) * CHUNK) or to the end) into `best`, and for a
+ * centroid-scores job reduces its rows. */
+static void run_chunk(const job_t *job, float *best, int64_t c) {
+    job_t part = *job;
+    part.best = best;
+    part.begin = c * CHUNK;
+    part.end = part.begin + CHUNK < job->n ? part.begin + CHUNK : job->n;
+    KERNEL(&part);
+    if (part.rowmax != NULL) reduce_chunk(&part);
 }
 
 /* Scores the job's chunks until none is left, into `best` (the job's own), or for the worker into what
  * `rows_for` gives before its first chunk (NULL: it takes none). */
 static void take_chunks(const job_t *job, float *best, float *(*rows_for)(const job_t *)) {
-    job_t part = *job;
-    part.best = best;
     for (int first = 1;; first = 0) {
         if (first && rows_for != NULL) { /* the worker: only where chunks are left */
-            if (atomic_load(&W.next) * CHUNK >= job->n || (part.best = rows_for(job)) == NULL) return;
+            if (atomic_load(&W.next) * CHUNK >= job->n || (best = rows_for(job)) == NULL) return;
         }
         const int64_t c = atomic_fetch_add(&W.next, 1);
         if (c * CHUNK >= job->n) return;
-        part.begin = c * CHUNK;
-        part.end = part.begin + CHUNK < job->n ? part.begin + CHUNK : job->n;
-        run_chunk(&part);
+        run_chunk(job, best, c);
     }
 }
 
@@ -453,12 +455,7 @@ static void run_split(job_t *job, int threads) {
             KERNEL(job);
             return;
         }
-        for (int64_t i = 0; i < job->n; i += CHUNK) { /* reductions chunk by chunk, while in cache */
-            job_t part = *job;
-            part.begin = i;
-            part.end = i + CHUNK < job->n ? i + CHUNK : job->n;
-            run_chunk(&part);
-        }
+        for (int64_t c = 0; c * CHUNK < job->n; c++) run_chunk(job, job->best, c); /* reduced while in cache */
         return;
     }
     W.job = job;

@@ -28,6 +28,11 @@ FUSED = _load_fused()
 MAX_THREADS = 2  # threads of one kernel call (never more than torch.get_num_threads()): 1 or 2
 
 
+def _threads() -> int:
+    """Threads for one kernel call: a second one only where torch may use one."""
+    return min(MAX_THREADS, torch.get_num_threads())
+
+
 def filled(rows: int, cols: int, value: float = float("-inf"), device: torch.device | str = "cpu") -> torch.Tensor:
     """A float32 [rows, cols] tensor full of ``value``. On CPU it is filled by numpy, on one thread: a
     torch fill this large would wake torch's OpenMP workers, which then spin on the other cores for a
@@ -325,8 +330,7 @@ def _run_fused(
     out = best if direct else filled(m, lqp)
     if not direct:
         out[:, :lq] = best
-    threads = min(MAX_THREADS, torch.get_num_threads())  # a second thread only where torch may use one
-    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q.data_ptr(), lqp, out.data_ptr(), m, threads)
+    fn(dim, pos.data_ptr(), rows.data_ptr(), pos.numel(), q.data_ptr(), lqp, out.data_ptr(), m, _threads())
     if not direct:
         best.copy_(out[:, :lq])
 
@@ -375,8 +379,7 @@ def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torc
         q, lqp = _padded_query(query)
         out = torch.empty(n, lqp)  # written, not maxed into
         rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
-        threads = min(MAX_THREADS, torch.get_num_threads())
-        args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), threads)
+        args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), _threads())
         FUSED.scores(table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, *args)
         return out[:, :lq], rowmax, argmax
     S = (query @ table.T).T  # a view of [Lq, n]: the reductions over n run along rows
