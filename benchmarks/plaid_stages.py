@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tessera.index import MultiVectorIndex, bench, plaid
-from tessera.index.kernels import sum_best, top_rows
+from tessera.index.kernels import filled, sum_best, top_rows
 
 
 def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.perf_counter) -> dict:
@@ -45,12 +45,14 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         if gidx.numel() > p["nfinal"]:
             if p["tier_threshold"] < thr:
                 tier = (cmax >= p["tier_threshold"]) & (cmax < thr)
-                plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3)
+                plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3, p["bf16"])
                 seen = p["tier_threshold"]
             best, gidx = plaid._keep(best, gidx, top_rows(best, p["nfinal"]))
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
-        plaid.score_tokens(snap, query, best, gidx, cmax < seen, full, st, 4)
+        if p["bf16"]:  # as plaid.search: the survivors are scored again in float32
+            best = filled(*best.shape)
+        plaid.score_tokens(snap, query, best, gidx, None if p["bf16"] else cmax < seen, full, st, 4)
         scores = sum_best(best, snap.lengths_all[gidx], None)
         final = gidx[scores.topk(min(k, gidx.numel())).indices]
         t3 = clock()

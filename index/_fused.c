@@ -36,7 +36,7 @@
 #define PREFETCH_AHEAD 8 /* vectors: all their cache lines */
 #define PREFETCH_FAR 64  /* vectors: one line each, so that the page walk (costly in a VM) starts early */
 
-typedef struct {
+typedef struct job {
     /* fp16 originals */
     const uint16_t *vec;
     /* or float32 rows, read in order (pos and rows NULL: row i goes to best row i) */
@@ -55,6 +55,7 @@ typedef struct {
     int64_t n;          /* vectors in all (prefetching looks ahead up to here) */
     int64_t begin, end; /* the vectors [begin, end) this call scores */
     const float *qT;
+    const uint16_t *qP; /* for kernel_bf16: the query as bfloat16 pairs [dim / 2, lqp, 2] */
     int64_t lqp;
     float *best;
     int64_t m;  /* rows of best */
@@ -64,6 +65,11 @@ typedef struct {
     float *rowmax, *colmax;
     int32_t *arg;
     int64_t lq;
+    /* bf16: the operands are rounded to bfloat16 (a rebuilt vector after its normalisation), products
+     * summed in float32; by kernel_bf16, or by a float32 kernel on rows that load_rows rounds
+     * (round_rows) and a rounded query */
+    int bf16, round_rows;
+    void (*kernel)(const struct job *); /* KERNEL, or KERNEL_BF16 for bf16 jobs where the CPU has it */
 } job_t;
 
 typedef void (*kernel_t)(const job_t *);
@@ -130,6 +136,17 @@ static inline float rebuild(const job_t *j, int64_t p, float *buf) {
 
 static inline int64_t out_row(const job_t *j, int64_t i) { return j->rows != NULL ? j->rows[i] : i; }
 
+/* Rounds the n floats of x (n a multiple of 8) to bfloat16 precision, to nearest even (as vcvtne2ps2bf16
+ * and to_bf16 round finite values). */
+__attribute__((target("avx2"))) static inline void round_bf16(float *x, int64_t n) {
+    const __m256i half = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)0xFFFF0000u);
+    for (int64_t d = 0; d < n; d += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_load_ps(x + d));
+        u = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        _mm256_store_ps(x + d, _mm256_castsi256_ps(_mm256_and_si256(u, top)));
+    }
+}
+
 /* Loads rows i .. i + ROWS - 1 (fewer at the end: the missing ones repeat row i and are not stored)
  * into buf as float32, prefetching those PREFETCH_AHEAD further on (and the first line of those
  * PREFETCH_FAR further on); returns how many are real. */
@@ -152,6 +169,12 @@ __attribute__((target("avx2,fma,f16c"))) static inline int load_rows(const job_t
         } else {
             scale[v] = rebuild(j, p, buf[v]);
         }
+        if (j->bf16 && scale[v] != 1.0f) { /* the normalised vector is what is rounded */
+            const __m256 f = _mm256_set1_ps(scale[v]);
+            for (int64_t d = 0; d < j->dim; d += 8) _mm256_store_ps(buf[v] + d, _mm256_mul_ps(_mm256_load_ps(buf[v] + d), f));
+            scale[v] = 1.0f;
+        }
+        if (j->round_rows) round_bf16(buf[v], j->dim);
     }
     return cnt;
 }
@@ -259,6 +282,71 @@ __attribute__((target("avx2,fma,f16c"))) static void kernel_avx2(const job_t *j)
     }
 }
 
+/* AVX512-BF16, for bf16 jobs (PLAID's pruning stages, whose survivors are scored again in float32):
+ * each vector, loaded as float32 as above, is rounded to bfloat16 and multiplied with the query, also in
+ * bfloat16 (qP, pairs of dims interleaved per token), two dims per instruction with float32 sums
+ * (vdpbf16ps): half the instructions of the float32 kernel. The products of bfloat16 values are exact
+ * in float32, so this gives what a float32 kernel gives on the rounded operands, up to the order of the
+ * sums. 4 vectors x 32 query tokens per pass, as kernel_avx512. */
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma,f16c"))) static void kernel_bf16(const job_t *j) {
+    float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
+    uint32_t pairs[ROWS][MAX_DIM / 2] __attribute__((aligned(64)));
+    float scale[ROWS];
+    const int64_t half = j->dim / 2, lqp = j->lqp, nblk = lqp / 16;
+    for (int64_t i = j->begin; i < j->end; i += ROWS) {
+        const int cnt = load_rows(j, i, buf, scale);
+        for (int v = 0; v < ROWS; v++)
+            for (int64_t d = 0; d < j->dim; d += 32)
+                _mm512_store_si512((void *)(pairs[v] + d / 2),
+                                   (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(buf[v] + d + 16), _mm512_load_ps(buf[v] + d)));
+        int64_t tb = 0;
+        for (; tb + 2 <= nblk; tb += 2) {
+            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+            __m512 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+            const uint16_t *q = j->qP + tb * 32;
+            for (int64_t d = 0; d < half; d++) {
+                const uint16_t *qd = q + d * lqp * 2;
+                const __m512bh q0 = (__m512bh)_mm512_loadu_si512(qd), q1 = (__m512bh)_mm512_loadu_si512(qd + 32);
+                __m512bh x = (__m512bh)_mm512_set1_epi32((int)pairs[0][d]);
+                a00 = _mm512_dpbf16_ps(a00, x, q0);
+                a01 = _mm512_dpbf16_ps(a01, x, q1);
+                x = (__m512bh)_mm512_set1_epi32((int)pairs[1][d]);
+                a10 = _mm512_dpbf16_ps(a10, x, q0);
+                a11 = _mm512_dpbf16_ps(a11, x, q1);
+                x = (__m512bh)_mm512_set1_epi32((int)pairs[2][d]);
+                a20 = _mm512_dpbf16_ps(a20, x, q0);
+                a21 = _mm512_dpbf16_ps(a21, x, q1);
+                x = (__m512bh)_mm512_set1_epi32((int)pairs[3][d]);
+                a30 = _mm512_dpbf16_ps(a30, x, q0);
+                a31 = _mm512_dpbf16_ps(a31, x, q1);
+            }
+            const __m512 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+            for (int v = 0; v < cnt; v++) {
+                const __m512 s = _mm512_set1_ps(scale[v]);
+                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
+                put16(o, _mm512_mul_ps(acc[v][0], s), j->assign);
+                put16(o + 16, _mm512_mul_ps(acc[v][1], s), j->assign);
+            }
+        }
+        for (; tb < nblk; tb++) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const uint16_t *q = j->qP + tb * 32;
+            for (int64_t d = 0; d < half; d++) {
+                const __m512bh qv = (__m512bh)_mm512_loadu_si512(q + d * lqp * 2);
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_set1_epi32((int)pairs[0][d]), qv);
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_set1_epi32((int)pairs[1][d]), qv);
+                a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_set1_epi32((int)pairs[2][d]), qv);
+                a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_set1_epi32((int)pairs[3][d]), qv);
+            }
+            const __m512 acc[4] = {a0, a1, a2, a3};
+            for (int v = 0; v < cnt; v++) {
+                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
+                put16(o, _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v])), j->assign);
+            }
+        }
+    }
+}
+
 __attribute__((target("avx2"))) static inline float hmax8(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -304,13 +392,22 @@ static kernel_t pick_kernel(void) {
 static const char *kernel_name(kernel_t k) {
     return k == kernel_avx512 ? "avx512" : k == kernel_avx2 ? "avx2" : "none";
 }
+
+static kernel_t pick_bf16(kernel_t k) {
+    __builtin_cpu_init();
+    return k == kernel_avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw")
+               ? kernel_bf16
+               : NULL;
+}
 #else
+static kernel_t pick_bf16(kernel_t k) { (void)k; return NULL; }
 static void reduce_chunk(const job_t *j) { (void)j; } /* never called: there is no kernel */
 static kernel_t pick_kernel(void) { return NULL; }
 static const char *kernel_name(kernel_t k) { (void)k; return "none"; }
 #endif
 
 static kernel_t KERNEL = NULL;
+static kernel_t KERNEL_BF16 = NULL; /* for bf16 jobs where the CPU has AVX512-BF16 (see bf16_kernel) */
 
 /* A second thread for run_split: one worker, started at the first split and kept. After a job it spins
  * (SPIN_US) for the next one, so that the calls of one search, a few hundred microseconds apart, do not
@@ -357,7 +454,7 @@ static void run_chunk(const job_t *job, float *best, int64_t c) {
     part.best = best;
     part.begin = c * CHUNK;
     part.end = part.begin + CHUNK < job->n ? part.begin + CHUNK : job->n;
-    KERNEL(&part);
+    part.kernel(&part);
     if (part.rowmax != NULL) reduce_chunk(&part);
 }
 
@@ -452,7 +549,7 @@ static void run_split(job_t *job, int threads) {
     job->end = job->n;
     if (threads < 2 || job->n < SPLIT_MIN || job->m <= 0 || !own_worker()) {
         if (job->rowmax == NULL) {
-            KERNEL(job);
+            job->kernel(job);
             return;
         }
         for (int64_t c = 0; c * CHUNK < job->n; c++) run_chunk(job, job->best, c); /* reduced while in cache */
@@ -484,41 +581,70 @@ static void run_split(job_t *job, int threads) {
     atomic_store(&W.owned, 0);
 }
 
-/* Fills the operands both entry points share, checks them, lays the query [lqp, dim] out as qT
- * [dim, lqp] and runs the kernel without the GIL, on `threads` threads (best has m rows). */
+/* The float32 x to bfloat16, rounded to nearest even (as vcvtne2ps2bf16 rounds finite values). */
+static inline uint16_t to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Fills the operands the entry points share, checks them, lays the query [lqp, dim] out as qT
+ * [dim, lqp] (or, for the bfloat16 kernel, as qP) and runs the kernel without the GIL, on `threads`
+ * threads (best has m rows). `bf16`: operands rounded to bfloat16 (see job_t). */
 static PyObject *run_job(job_t *job, Py_ssize_t dim, Py_ssize_t pos, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t q,
-                         Py_ssize_t lqp, Py_ssize_t best, Py_ssize_t m, int threads) {
+                         Py_ssize_t lqp, Py_ssize_t best, Py_ssize_t m, int threads, int bf16) {
     if (dim <= 0 || dim > MAX_DIM || dim % 16 || lqp <= 0 || lqp % 16 || n < 0) {
         PyErr_SetString(PyExc_ValueError, "dim and lqp must be positive multiples of 16, dim <= 1024");
         return NULL;
     }
-    float *qT = aligned_alloc(64, (size_t)(dim * lqp) * sizeof(float));
-    if (qT == NULL) return PyErr_NoMemory();
+    job->kernel = bf16 && KERNEL_BF16 != NULL && dim % 32 == 0 ? KERNEL_BF16 : KERNEL;
+    job->bf16 = bf16;
+    job->round_rows = bf16 && job->kernel != KERNEL_BF16;
     const float *query = (const float *)q;
-    for (Py_ssize_t t = 0; t < lqp; t++)
-        for (Py_ssize_t d = 0; d < dim; d++) qT[d * lqp + t] = query[t * dim + d];
+    float *qT = NULL;
+    uint16_t *qP = NULL;
+    if (job->kernel == KERNEL_BF16) {
+        if ((qP = aligned_alloc(64, (size_t)(dim * lqp) * sizeof(uint16_t))) == NULL) return PyErr_NoMemory();
+        for (Py_ssize_t t = 0; t < lqp; t++)
+            for (Py_ssize_t d = 0; d < dim; d++) qP[(d / 2) * lqp * 2 + t * 2 + d % 2] = to_bf16(query[t * dim + d]);
+    } else {
+        if ((qT = aligned_alloc(64, (size_t)(dim * lqp) * sizeof(float))) == NULL) return PyErr_NoMemory();
+        for (Py_ssize_t t = 0; t < lqp; t++)
+            for (Py_ssize_t d = 0; d < dim; d++) {
+                float x = query[t * dim + d];
+                if (bf16) { /* rounded as qP would be */
+                    const uint32_t r = (uint32_t)to_bf16(x) << 16;
+                    memcpy(&x, &r, sizeof x);
+                }
+                qT[d * lqp + t] = x;
+            }
+    }
     job->dim = dim;
     job->pos = (const int64_t *)pos;
     job->rows = (const int64_t *)rows;
     job->n = n;
     job->qT = qT;
+    job->qP = qP;
     job->lqp = lqp;
     job->best = (float *)best;
     job->m = m;
     Py_BEGIN_ALLOW_THREADS run_split(job, threads);
     Py_END_ALLOW_THREADS free(qT);
+    free(qP);
     Py_RETURN_TRUE;
 }
 
 static PyObject *gather_max(PyObject *self, PyObject *args) {
     Py_ssize_t vec, dim, pos, rows, n, q, lqp, best, m;
-    int threads;
+    int threads, bf16;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnni", &vec, &dim, &pos, &rows, &n, &q, &lqp, &best, &m, &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnip", &vec, &dim, &pos, &rows, &n, &q, &lqp, &best, &m, &threads, &bf16))
+        return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     job_t job = {0};
     job.vec = (const uint16_t *)vec;
-    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads, bf16);
 }
 
 static PyObject *scores(PyObject *self, PyObject *args) {
@@ -543,7 +669,7 @@ static PyObject *scores(PyObject *self, PyObject *args) {
         if (job.colmax == NULL) return PyErr_NoMemory();
         job.arg = (int32_t *)(job.colmax + chunks * lq);
     }
-    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads);
+    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads, 0);
     if (ran != NULL && job.rowmax != NULL) { /* each column's best over the chunks, in order: the first row on ties */
         int64_t *am = (int64_t *)argmax;
         for (int64_t t = 0; t < lq; t++) {
@@ -560,10 +686,10 @@ static PyObject *scores(PyObject *self, PyObject *args) {
 
 static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
     Py_ssize_t centroids, codes, packed, nbytes, lut, per, dim, pos, rows, n, q, lqp, best, m;
-    int normalize, threads;
+    int normalize, threads, bf16;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnpnnnnnnnni", &centroids, &codes, &packed, &nbytes, &lut, &per, &normalize, &dim,
-                          &pos, &rows, &n, &q, &lqp, &best, &m, &threads))
+    if (!PyArg_ParseTuple(args, "nnnnnnpnnnnnnnnip", &centroids, &codes, &packed, &nbytes, &lut, &per, &normalize,
+                          &dim, &pos, &rows, &n, &q, &lqp, &best, &m, &threads, &bf16))
         return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     if (per <= 0 || nbytes * per != dim) {
@@ -578,7 +704,7 @@ static PyObject *gather_max_codes(PyObject *self, PyObject *args) {
     job.lut = (const float *)lut;
     job.per = per;
     job.normalize = normalize;
-    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads);
+    return run_job(&job, dim, pos, rows, n, q, lqp, best, m, threads, bf16);
 }
 
 /* Positions to score, found in C (one pass, no temporaries) and checked against the tables' sizes, so
@@ -809,12 +935,23 @@ static PyObject *select_kernel(PyObject *self, PyObject *args) {
     /* the AVX-512 machine also runs AVX2 code; the reverse is not possible */
     if (want == NULL || (want == kernel_avx512 && best != kernel_avx512) || best == NULL) Py_RETURN_FALSE;
     KERNEL = want;
+    KERNEL_BF16 = pick_bf16(KERNEL);
     Py_RETURN_TRUE;
 #else
     (void)name;
     (void)best;
     Py_RETURN_FALSE;
 #endif
+}
+
+/* bf16(): whether bf16 jobs run the AVX512-BF16 kernel (else a float32 kernel on rounded operands: the
+ * same products, slower); bf16(False) turns it off, bf16(True) back on where the CPU has AVX512-BF16. */
+static PyObject *bf16_kernel(PyObject *self, PyObject *args) {
+    int on = -1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|p", &on)) return NULL;
+    if (on >= 0) KERNEL_BF16 = on ? pick_bf16(KERNEL) : NULL;
+    return PyBool_FromLong(KERNEL_BF16 != NULL);
 }
 
 static PyObject *kernel(PyObject *self, PyObject *noargs) {
@@ -912,6 +1049,7 @@ static PyMethodDef METHODS[] = {
     {"select_tokens", select_tokens, METH_VARARGS, "positions and rows of documents' vectors in selected centroids"},
     {"top_rows", top_rows, METH_VARARGS, "the rows with the largest clamped (weighted) sums, in order"},
     {"worker_jobs", worker_jobs, METH_NOARGS, "how many split calls the second thread has taken part in"},
+    {"bf16", bf16_kernel, METH_VARARGS, "whether bf16 jobs run the AVX512-BF16 kernel; bf16(False/True) sets it"},
     {"kernel", kernel, METH_NOARGS, "the kernel chosen for this CPU: avx512, avx2 or none"},
     {"select", select_kernel, METH_VARARGS, "use kernel avx512 or avx2 if this CPU runs it; returns whether it does"},
     {NULL, NULL, 0, NULL},
@@ -922,5 +1060,6 @@ static struct PyModuleDef MODULE = {
 
 PyMODINIT_FUNC PyInit__fused(void) {
     KERNEL = pick_kernel();
+    KERNEL_BF16 = pick_bf16(KERNEL);
     return PyModule_Create(&MODULE);
 }

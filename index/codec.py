@@ -280,18 +280,21 @@ class ResidualCodec:
         query: torch.Tensor,
         best: torch.Tensor,
         trusted: bool = False,
+        bf16: bool = False,
     ) -> None:
         """In place ``best[rows[i]] = max(best[rows[i]], decompressed vector pos[i] @ query.T)`` for the
         vectors (``codes``, ``packed``) of one segment: one fused pass on CPU where the compiled kernel
-        runs (``kernels.gather_max_codes``), else ``decompress``, a matmul and a scatter-max."""
+        runs (``kernels.gather_max_codes``; ``bf16`` as there), else ``decompress``, a matmul and a
+        scatter-max."""
         if pos.numel() == 0:
             return
         if kernels.gather_max_codes(
-            self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best, trusted
+            self.centroids, codes, packed, self._lut, self.normalize, pos, rows, query, best, trusted, bf16
         ):
             return
         p = pos.to(codes.device)
-        kernels.scatter_max(best, rows, self.decompress(take(codes, p), take(packed, p)) @ query.T)
+        v = self.decompress(take(codes, p), take(packed, p))
+        kernels.scatter_max(best, rows, kernels.rounded(v) @ kernels.rounded(query).T if bf16 else v @ query.T)
 
     def _product_quantizer(self):
         """faiss.ProductQuantizer holding ``codebooks`` (for encoding)."""

@@ -17,7 +17,11 @@ defaults by k):
    scored and maxed into the per-token maxima of stages 2-3, which are already exact over the vectors
    they saw (the same vectors as stage 4: stored full-precision originals when the index keeps them,
    ``keep_vectors``, unless ``full_rerank=False``; else decompressed residuals); keep k.
-Every vector of a surviving document is scored once. The work counter ``dot_products`` counts the
+With ``bf16`` (the default where ``kernels.bf16_fast``: CPUs with AVX512-BF16) stages 2-3 round the
+query and the vectors to bfloat16 (products summed in float32: half the instructions there, and the
+prunings see scores within about 2^-8 relative of the float32 ones), and stage 4 scores every vector of
+the survivors again in float32, so the scores returned stay exact; otherwise every vector of a
+surviving document is scored once, in float32. The work counter ``dot_products`` counts the
 query-token x vector products of stages 2-4 (the decompress-and-score stages);
 ``stage2_dot_products`` etc. break it down.
 Everything is vectorised (no per-document Python loops): the vectors of each stage are selected by
@@ -51,6 +55,7 @@ PARAMS = {
     "tier_threshold": float,
     "nfinal": int,
     "full_rerank": bool,
+    "bf16": bool,
 }
 TIER_GAP = 0.2  # default tier_threshold = centroid_score_threshold - TIER_GAP
 CANDIDATES_PER_DOC = 4  # default ncandidates = 4 * ndocs
@@ -70,8 +75,9 @@ def defaults(k: int) -> dict:
 QUERY_TOKENS = 32  # the query length PLAID's defaults assume (ColBERT pads queries to 32 tokens)
 
 
-def resolve(k: int, params: dict, query_vectors: int | None = None) -> dict:
-    """Defaults by k, the given parameters, and the derived ones (ncandidates, tier_threshold, nfinal).
+def resolve(k: int, params: dict, query_vectors: int | None = None, device: torch.device | str = "cpu") -> dict:
+    """Defaults by k, the given parameters, and the derived ones (ncandidates, tier_threshold, nfinal;
+    ``bf16`` where it is faster on ``device``, ``kernels.bf16_fast``).
 
     A query of fewer than 32 vectors (a clustered model's, e.g. CRISP's 4 or 16 representatives)
     probes as many cells in all as a 32-token query would: the default ``ncells`` is multiplied by
@@ -83,6 +89,7 @@ def resolve(k: int, params: dict, query_vectors: int | None = None) -> dict:
     p.setdefault("ncandidates", CANDIDATES_PER_DOC * p["ndocs"])
     p.setdefault("tier_threshold", p["centroid_score_threshold"] - TIER_GAP)
     p.setdefault("nfinal", max(2 * k, p["ndocs"] // 8))
+    p.setdefault("bf16", kernels.bf16_fast(device))
     return p
 
 
@@ -143,7 +150,7 @@ def stage2(
         pos, rows = select_ivf(voff, order, order_docs, kept, rowmap, n_cand)
         best = filled(n_cand, lq, device=dev)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
-        seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True)
+        seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True, bf16=p["bf16"])
         out_b.append(best)
         out_g.append(cand.to(dev) + bases[s])
     if len(out_b) == 1:
@@ -158,13 +165,15 @@ def score_tokens(
     query: torch.Tensor,
     best: torch.Tensor,
     gidx: torch.Tensor,
-    cmask: torch.Tensor,
+    cmask: torch.Tensor | None,
     full: bool,
     stats: dict,
     stage: int,
+    bf16: bool = False,
 ) -> None:
     """In place: ``best`` [m, Lq] of documents ``gidx`` raised by their vectors whose centroid is set in
-    ``cmask`` [C] (stage 3: the tier stage 2 did not see; stage 4: all the rest)."""
+    ``cmask`` [C] (stage 3: the tier stage 2 did not see; stage 4: all the rest, or with None all of
+    them); ``bf16`` as in ``Segment.score_max``."""
     gidx = gidx.cpu()
     if len(snap.segments) == 1:
         parts = [(snap.segments[0], gidx, None)]
@@ -177,7 +186,7 @@ def score_tokens(
     for seg, local, rows in parts:
         pos, rows = select_tokens(seg.offsets, local, seg.codes, cmask, rows, best.shape[0])
         _add(stats, f"stage{stage}_dot_products", int(pos.numel()) * query.shape[0])
-        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True)
+        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True, bf16=bf16)
 
 
 def _keep(best: torch.Tensor, gidx: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,13 +204,13 @@ def search(
     query_weights: torch.Tensor | None = None,
     stats: dict | None = None,
 ):
-    p = resolve(k, params, queries.shape[1])
+    p = resolve(k, params, queries.shape[1], snap.codec.centroids.device)
     stats = stats if stats is not None else {}
     stats["params"] = p
     nq = queries.shape[0]
     out_s = torch.full((nq, k), float("-inf"))
     out_i = torch.full((nq, k), -1, dtype=torch.int64)
-    thr, full = p["centroid_score_threshold"], p["full_rerank"]
+    thr, full, bf16 = p["centroid_score_threshold"], p["full_rerank"], p["bf16"]
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
@@ -215,11 +224,14 @@ def search(
         if gidx.numel() > p["nfinal"]:
             low = p["tier_threshold"]
             if low < thr:
-                score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3)
+                score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3, bf16)
                 seen = low
             best, gidx = _keep(best, gidx, top_rows(best, p["nfinal"], w))
         # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
-        score_tokens(snap, query, best, gidx, cmax < seen, full, stats, 4)
+        # (after bfloat16 stages: all of the survivors' vectors, again)
+        if bf16:
+            best = filled(*best.shape, device=best.device)
+        score_tokens(snap, query, best, gidx, None if bf16 else cmax < seen, full, stats, 4)
         gidx = gidx.cpu()
         scores = sum_best(best, snap.lengths_all[gidx], w)[None].cpu()
         _add(stats, "scored_docs", int(gidx.numel()))

@@ -226,11 +226,13 @@ class Segment:
         best: torch.Tensor,
         full: bool = True,
         trusted: bool = False,
+        bf16: bool = False,
     ) -> None:
         """In place ``best[rows[i]] = max(best[rows[i]], v_i @ query.T)`` for the vectors v_i at positions
         ``pos``: the stored originals when kept (and ``full``), else decompressed residuals; fused into
         one pass on CPU (``tessera.index.kernels``). ``trusted``: positions and rows come from the
-        ``kernels.select_*`` functions over this segment's tables (already checked)."""
+        ``kernels.select_*`` functions over this segment's tables (already checked). ``bf16``: query and
+        vectors rounded to bfloat16 (``kernels.gather_max``)."""
         if trusted and "tables_agree" not in self.cache:  # selections check ids against the codes' length
             n = self.n_vectors
             tables = [t for t in (self.vectors, self.residuals, self.token_ids) if t is not None]
@@ -238,7 +240,7 @@ class Segment:
                 raise IndexError(f"segment {self.name}: its tables disagree on the number of vectors")
             self.cache["tables_agree"] = True
         if full and self.vectors is not None:
-            gather_max(self.vectors, pos.to(self.device), rows, query, best, trusted)
+            gather_max(self.vectors, pos.to(self.device), rows, query, best, trusted, bf16)
             return
         if "codes_range" not in self.cache:  # the compiled kernel trusts centroid ids: check them once
             n = self.codes.numel()
@@ -246,7 +248,7 @@ class Segment:
         low, high = self.cache["codes_range"]
         if low < 0 or high >= codec.ncentroids:
             raise IndexError(f"segment {self.name}: centroid ids {low}..{high} outside 0..{codec.ncentroids - 1}")
-        codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best, trusted)
+        codec.score_max(self.codes, self.residuals, pos.to(self.device), rows, query, best, trusted, bf16)
 
     def decompress(
         self, codec: ResidualCodec, local: torch.Tensor, full: bool = True

@@ -114,6 +114,69 @@ def test_two_threads_give_what_one_gives(monkeypatch, codes):
     torch.testing.assert_close(split, run(), rtol=0, atol=0)
 
 
+@pytest.fixture(params=["bf16 kernel", "rounded float32"])
+def each_bf16(request, each_kernel):
+    """bf16 scoring by the AVX512-BF16 kernel where the CPU has it, and by the float32 kernel on rounded
+    operands."""
+    if kernels.FUSED is None:
+        yield None
+        return
+    before = kernels.FUSED.bf16()
+    if kernels.FUSED.bf16(request.param == "bf16 kernel") != (request.param == "bf16 kernel"):
+        pytest.skip("this CPU has no AVX512-BF16 (or the kernel selected cannot use it)")
+    yield request.param
+    kernels.FUSED.bf16(before)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("each_bf16")
+@pytest.mark.parametrize("dim", [16, 128])
+@pytest.mark.parametrize("lq", [17, 32, 48])
+@pytest.mark.parametrize("codes", [False, True])
+def test_bf16_scoring_matches_torch_on_rounded_operands(monkeypatch, dim, lq, codes):
+    """bf16=True: query and vectors rounded to bfloat16 (a compressed vector after its normalisation),
+    products summed in float32: the kernel gives what torch gives on the rounded operands, not the
+    float32 products. dim 16 is not a multiple of 32: the float32 kernel rounds the operands instead."""
+    g = torch.Generator().manual_seed(dim + lq)
+    v = torch.nn.functional.normalize(torch.randn(3000, dim, generator=g), dim=1)
+    pos = torch.randint(0, 3000, (2500,), generator=g)
+    rows = torch.randint(0, 30, (2500,), generator=g)
+    query = torch.randn(lq, dim, generator=g)
+    codec = ResidualCodec.train(v, nbits=2, ncentroids=16, niter=2) if codes else None
+    packed = codec.compress(v) if codes else None
+
+    def run(bf16: bool) -> torch.Tensor:
+        best = torch.full((30, lq), float("-inf"))
+        if codes:
+            codec.score_max(*packed, pos, rows, query, best, bf16=bf16)
+        else:
+            kernels.gather_max(v.half(), pos, rows, query, best, bf16=bf16)
+        return best
+
+    got, plain = run(True), run(False)
+    monkeypatch.setattr(kernels, "FUSED", None)
+    torch.testing.assert_close(got, run(True), rtol=1e-5, atol=1e-4 if not codes else 2e-3)
+    assert (got - plain).abs().max() > 1e-3  # the rounding is there
+    assert (got - plain).abs().max() < 2**-7 * float((query.abs().sum(1)).max())
+
+
+@needs_kernel
+def test_plaid_with_bf16_pruning_returns_exact_scores(indexes, queries):
+    """The bfloat16 stages only prune: the scores returned are exact MaxSim (stage 4 scores every vector
+    of the survivors again in float32), and the hits mostly those of float32 pruning."""
+    index = indexes[True]
+    rounded, stats = index.search_with_stats(queries, k=10, method="plaid", params={"bf16": True})
+    plain, plain_stats = index.search_with_stats(queries, k=10, method="plaid", params={"bf16": False})
+    same = 0
+    for q, (a, b) in enumerate(zip(rounded, plain, strict=True)):
+        exact = {h.id: h.score for h in index.score(queries[q], [h.id for h in a])}
+        torch.testing.assert_close(torch.tensor([h.score for h in a]), torch.tensor([exact[h.id] for h in a]))
+        same += len({h.id for h in a} & {h.id for h in b})
+    assert same >= 0.95 * sum(len(b) for b in plain)
+    assert stats["scored_docs"] == plain_stats["scored_docs"]  # as many survivors, all their vectors rescored
+    assert stats["stage4_dot_products"] > plain_stats["stage4_dot_products"]
+
+
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
 def test_split_calls_use_the_worker_and_concurrent_callers_get_their_own_results(monkeypatch):
@@ -256,7 +319,10 @@ def test_compressed_scoring_matches_decompress(corpus, quantizer, nbits, normali
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
 @pytest.mark.parametrize("keep_vectors", [True, False])
-@pytest.mark.parametrize("method, params", [("plaid", {}), ("plaid", {"full_rerank": False}), ("exact", {})])
+@pytest.mark.parametrize(
+    "method, params",
+    [("plaid", {"bf16": False}), ("plaid", {"bf16": True}), ("plaid", {"full_rerank": False, "bf16": True}), ("exact", {})],
+)
 def test_search_gives_the_same_hits_with_and_without_the_kernel(
     indexes, queries, monkeypatch, keep_vectors, method, params
 ):
@@ -324,7 +390,9 @@ def two_segments(corpus, doc_ids):
 @needs_kernel
 @pytest.mark.usefixtures("each_kernel")
 @pytest.mark.parametrize("params", [{}, {"full_rerank": False}, {"ncells": 2, "ndocs": 40, "nfinal": 12}])
-def test_multi_segment_plaid_matches_the_torch_path(two_segments, queries, doc_ids, monkeypatch, params):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_multi_segment_plaid_matches_the_torch_path(two_segments, queries, doc_ids, monkeypatch, params, bf16):
+    params = {**params, "bf16": bf16}  # explicit: the default follows the kernel (kernels.bf16_fast)
     allowed = doc_ids[1::2]
     fused = two_segments.search(queries, k=10, method="plaid", params=params)
     filtered = two_segments.search(queries, k=10, method="plaid", params=params, allowed_ids=allowed)

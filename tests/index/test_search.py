@@ -19,7 +19,9 @@ def test_plaid_defaults_follow_k():
         "ncandidates": 1024,
         "tier_threshold": pytest.approx(0.3),
         "nfinal": 32,
+        "bf16": kernels.bf16_fast("cpu"),
     }
+    assert plaid.resolve(10, {}, device="meta")["bf16"] is False
     assert plaid.resolve(100, {"ndocs": 512})["nfinal"] == 200
     assert plaid.resolve(100, {"ndocs": 512})["ncandidates"] == 2048
 
@@ -130,26 +132,35 @@ def test_xtr_imputes_missing_similarities(built, queries):
     assert all(h.score > 0.5 * exact[h.id] for h in hits[:3])
 
 
-def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_plaid_stages_score_exactly_the_tokens_they_select(built, queries, bf16):
     """Stage 2: per query token, the best exact similarity among a candidate's vectors in kept centroids
-    (-inf if none); stage 3 adds the vectors of the next tier; stage 4 the rest, which makes it exact
-    MaxSim."""
+    (-inf if none; with ``bf16``, of the rounded query and vectors); stage 3 adds the vectors of the next
+    tier; stage 4 the rest, which makes it exact MaxSim."""
     snap = built.snapshot
     seg = snap.segments[0]
     q = queries[0]
     ST, cmax, cells = plaid.probe(snap, q, 1)
     torch.testing.assert_close(ST, snap.codec.centroids @ q.T)
     assert torch.equal(cmax, ST.amax(1)) and torch.equal(cells, ST.argmax(0))
-    p = plaid.resolve(10, {"ncandidates": 10**6})
+    p = plaid.resolve(10, {"ncandidates": 10**6, "bf16": bf16})
     best, gidx = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, p, {})
     kept = cmax >= 0.5
+    rounded = kernels.rounded if bf16 else (lambda x: x)
+    off = 0.0  # how far the float32 similarities are from these
     for j in range(0, gidx.numel(), max(1, gidx.numel() // 10)):
         d = int(gidx[j])
         span = slice(int(seg.offsets[d]), int(seg.offsets[d + 1]))
-        sims = snap.codec.decompress(seg.codes[span], seg.residuals[span]) @ q.T
+        v = snap.codec.decompress(seg.codes[span], seg.residuals[span])
         sel = kept[seg.codes[span].long()]
-        want = sims[sel].amax(0) if sel.any() else torch.full((q.shape[0],), float("-inf"))
-        assert torch.allclose(best[j], want, atol=1e-5)
+        if not sel.any():
+            assert torch.equal(best[j], torch.full((q.shape[0],), float("-inf")))
+            continue
+        assert torch.allclose(best[j], (rounded(v[sel]) @ rounded(q).T).amax(0), atol=1e-5 if not bf16 else 1e-4)
+        off = max(off, float((best[j] - (v[sel] @ q.T).amax(0)).abs().max()))
+    assert (off > 1e-4) == bf16  # bfloat16 operands do round
+    if bf16:
+        return
     some = gidx[:20]
     lower, stats = best[:20].clone(), {}
     plaid.score_tokens(snap, q, lower, some, (cmax >= 0.3) & (cmax < 0.5), True, stats, 3)
