@@ -34,7 +34,7 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
         query = queries[q]
         st: dict = {}
         t0 = clock()
-        ST, cmax, cells = plaid.probe(snap, query, p["ncells"])
+        ST, cmax, cells = plaid.probe(snap, query, p["ncells"], p["bf16"])
         best, gidx = plaid.stage2(snap, query, ST, cmax, cells, mask, p, st)
         cov["candidates"].append(len(want & set(gidx.tolist())) / k)
         if gidx.numel() > p["ndocs"]:

@@ -649,9 +649,10 @@ static PyObject *gather_max(PyObject *self, PyObject *args) {
 
 static PyObject *scores(PyObject *self, PyObject *args) {
     Py_ssize_t table, dim, n, q, lq, lqp, out, rowmax, argmax;
-    int threads;
+    int threads, bf16;
     (void)self;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnni", &table, &dim, &n, &q, &lq, &lqp, &out, &rowmax, &argmax, &threads))
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnip", &table, &dim, &n, &q, &lq, &lqp, &out, &rowmax, &argmax, &threads,
+                          &bf16))
         return NULL;
     if (KERNEL == NULL) Py_RETURN_FALSE;
     if (lq <= 0 || lq > lqp || lq > MAX_LQ) {
@@ -669,7 +670,7 @@ static PyObject *scores(PyObject *self, PyObject *args) {
         if (job.colmax == NULL) return PyErr_NoMemory();
         job.arg = (int32_t *)(job.colmax + chunks * lq);
     }
-    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads, 0);
+    PyObject *ran = run_job(&job, dim, 0, 0, n, q, lqp, out, n, threads, bf16);
     if (ran != NULL && job.rowmax != NULL) { /* each column's best over the chunks, in order: the first row on ties */
         int64_t *am = (int64_t *)argmax;
         for (int64_t t = 0; t < lq; t++) {

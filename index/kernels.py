@@ -387,12 +387,15 @@ def gather_max(
     scatter_max(best, rows, rounded(v) @ rounded(query).T if bf16 else v @ query.T)
 
 
-def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scores(
+    table: torch.Tensor, query: torch.Tensor, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(``S = table @ query.T`` [n, Lq] float32, ``S.amax(1)`` [n], ``S.argmax(0)`` [Lq]): the centroid
     scores of ``plaid``, each centroid's best and each query token's best centroid. One pass of the
     compiled kernel over the rows in order on CPU (no packing of the table as a BLAS product does,
     which matters when it has left the cache since the last query; the maxima in the same call);
-    torch elsewhere. Same values either way (up to float rounding; first index on ties)."""
+    torch elsewhere. Same values either way (up to float rounding; first index on ties). ``bf16`` as
+    in ``gather_max``."""
     lq, dim = query.shape
     n = table.shape[0]
     if (
@@ -406,9 +409,11 @@ def scores(table: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torc
         q, lqp = _padded_query(query)
         out = torch.empty(n, lqp)  # written, not maxed into
         rowmax, argmax = torch.empty(n), torch.empty(lq, dtype=torch.int64)
-        args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), _threads())
+        args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), _threads(), bf16)
         FUSED.scores(table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, *args)
         return out[:, :lq], rowmax, argmax
+    if bf16:
+        table, query = rounded(table), rounded(query)
     S = (query @ table.T).T  # a view of [Lq, n]: the reductions over n run along rows
     return S, S.amax(1), S.argmax(0)
 

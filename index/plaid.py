@@ -17,13 +17,13 @@ defaults by k):
    scored and maxed into the per-token maxima of stages 2-3, which are already exact over the vectors
    they saw (the same vectors as stage 4: stored full-precision originals when the index keeps them,
    ``keep_vectors``, unless ``full_rerank=False``; else decompressed residuals); keep k.
-With ``bf16`` (the default where ``kernels.bf16_fast``: CPUs with AVX512-BF16) stages 2-3 round the
-query and the vectors to bfloat16 (products summed in float32: half the instructions there, and the
-prunings see scores within about 2^-8 relative of the float32 ones), and stage 4 scores every vector of
-the survivors again in float32, so the scores returned stay exact; otherwise every vector of a
-surviving document is scored once, in float32. The work counter ``dot_products`` counts the
-query-token x vector products of stages 2-4 (the decompress-and-score stages);
-``stage2_dot_products`` etc. break it down.
+With ``bf16`` (the default where ``kernels.bf16_fast``: CPUs with AVX512-BF16) the centroid scores and
+stages 2-3 round the query, centroids and vectors to bfloat16 (products summed in float32: half the
+instructions there, and the prunings see scores within about 2^-8 relative of the float32 ones), and
+stage 4 scores every vector of the survivors again in float32, so the scores returned stay exact;
+otherwise every vector of a surviving document is scored once, in float32. The work counter
+``dot_products`` counts the query-token x vector products of stages 2-4 (the decompress-and-score
+stages); ``stage2_dot_products`` etc. break it down.
 Everything is vectorised (no per-document Python loops): the vectors of each stage are selected by
 ``kernels.select_*``, scored by ``Segment.score_max``, and the survivors of each pruning picked by
 ``kernels.top_rows``; on CPU all compiled (``tessera.index.kernels``), torch elsewhere (CPU or GPU).
@@ -99,10 +99,13 @@ def centroid_scores(snap: Snapshot, queries: torch.Tensor) -> torch.Tensor:
     return (queries.reshape(nq * lq, d) @ snap.codec.centroids.T).view(nq, lq, -1)
 
 
-def probe(snap: Snapshot, query: torch.Tensor, ncells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def probe(
+    snap: Snapshot, query: torch.Tensor, ncells: int, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ST [C, Lq] centroid x query-token scores, cmax [C] each centroid's best, the probed cells: each
-    query token's top ``ncells`` centroids, repeats allowed) for one query [Lq, dim]."""
-    ST, cmax, top = kernels.scores(snap.codec.centroids, query)
+    query token's top ``ncells`` centroids, repeats allowed) for one query [Lq, dim]; ``bf16`` as in
+    ``kernels.scores``."""
+    ST, cmax, top = kernels.scores(snap.codec.centroids, query, bf16)
     if ncells == 1:
         return ST, cmax, top
     return ST, cmax, ST.topk(min(ncells, ST.shape[0]), dim=0).indices.flatten()
@@ -214,7 +217,7 @@ def search(
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
-        ST, cmax, cells = probe(snap, query, p["ncells"])
+        ST, cmax, cells = probe(snap, query, p["ncells"], bf16)
         best, gidx = stage2(snap, query, ST, cmax, cells, mask, p, stats, w)
         if gidx.numel() == 0:
             continue

@@ -321,7 +321,12 @@ def test_compressed_scoring_matches_decompress(corpus, quantizer, nbits, normali
 @pytest.mark.parametrize("keep_vectors", [True, False])
 @pytest.mark.parametrize(
     "method, params",
-    [("plaid", {"bf16": False}), ("plaid", {"bf16": True}), ("plaid", {"full_rerank": False, "bf16": True}), ("exact", {})],
+    [
+        ("plaid", {"bf16": False}),
+        ("plaid", {"bf16": True}),
+        ("plaid", {"full_rerank": False, "bf16": True}),
+        ("exact", {}),
+    ],
 )
 def test_search_gives_the_same_hits_with_and_without_the_kernel(
     indexes, queries, monkeypatch, keep_vectors, method, params
@@ -338,17 +343,20 @@ def test_search_gives_the_same_hits_with_and_without_the_kernel(
 
 
 @needs_kernel
-@pytest.mark.usefixtures("each_kernel")
+@pytest.mark.usefixtures("each_bf16")
 @pytest.mark.parametrize("lq", [1, 17, 32, 42])
 @pytest.mark.parametrize("n", [1, 5, 300])
-def test_centroid_scores_match_torch(monkeypatch, lq, n):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_centroid_scores_match_torch(monkeypatch, lq, n, bf16):
     g = torch.Generator().manual_seed(lq * 1000 + n)
     table = torch.randn(n, 64, generator=g)
     table[n // 2] = table[0]  # ties: the first row wins, as in torch
     query = torch.randn(lq, 64, generator=g)
-    S, rowmax, argmax = kernels.scores(table, query)
+    S, rowmax, argmax = kernels.scores(table, query, bf16)
+    if bf16 and n > 1:
+        assert (S - table @ query.T).abs().max() > 1e-3  # rounded operands
     monkeypatch.setattr(kernels, "FUSED", None)
-    S_t, rowmax_t, argmax_t = kernels.scores(table, query)
+    S_t, rowmax_t, argmax_t = kernels.scores(table, query, bf16)
     torch.testing.assert_close(S, S_t, rtol=1e-5, atol=1e-5)
     assert S.shape == (n, lq)
     torch.testing.assert_close(rowmax, S.amax(1), rtol=0, atol=0)
