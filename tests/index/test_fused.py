@@ -114,18 +114,23 @@ def test_two_threads_give_what_one_gives(monkeypatch, codes):
     torch.testing.assert_close(split, run(), rtol=0, atol=0)
 
 
-@pytest.fixture(params=["bf16 kernel", "rounded float32"])
-def each_bf16(request, each_kernel):
-    """bf16 scoring by the AVX512-BF16 kernel where the CPU has it, and by the float32 kernel on rounded
+@pytest.fixture(params=["avx512 bf16", "avx512 rounded", "avx2 rounded"])
+def each_bf16(request):
+    """bf16 scoring by the AVX512-BF16 kernel where the CPU has it, and by each float32 kernel on rounded
     operands."""
     if kernels.FUSED is None:
         yield None
         return
-    before = kernels.FUSED.bf16()
-    if kernels.FUSED.bf16(request.param == "bf16 kernel") != (request.param == "bf16 kernel"):
-        pytest.skip("this CPU has no AVX512-BF16 (or the kernel selected cannot use it)")
+    name, how = request.param.split()
+    before, before_bf16 = kernels.FUSED.kernel(), kernels.FUSED.bf16()
+    if not kernels.FUSED.select(name):
+        pytest.skip(f"this CPU cannot run the {name} kernel")
+    if kernels.FUSED.bf16(how == "bf16") != (how == "bf16"):
+        kernels.FUSED.select(before)
+        pytest.skip("this CPU has no AVX512-BF16")
     yield request.param
-    kernels.FUSED.bf16(before)
+    kernels.FUSED.select(before)
+    kernels.FUSED.bf16(before_bf16)
 
 
 @needs_kernel
