@@ -15,8 +15,9 @@
  *
  * Without the intermediate [n, dim] fp32 copy and [n, lqp] similarity matrix that numpy/torch would
  * materialise, rows are rebuilt in a small buffer, prefetched ahead of use, and the query stays in L1.
- * Kernels for AVX-512F and for AVX2+FMA+F16C are chosen at run time; on other CPUs the functions
- * return False and the caller uses its torch path. One or two threads per call (run_split); the GIL is
+ * Kernels for AVX-512F and for AVX2+FMA+F16C are chosen at run time, plus, where the CPU has
+ * AVX512-BF16, one for jobs whose operands are rounded to bfloat16 (`bf16`: PLAID's pruning stages);
+ * on other CPUs the functions return False and the caller uses its torch path. One or two threads per call (run_split); the GIL is
  * released while it runs, so concurrent searches (the service's workers) run their kernels in parallel.
  */
 #define PY_SSIZE_T_CLEAN
@@ -188,6 +189,17 @@ __attribute__((target("avx2"))) static inline void put8(float *o, __m256 v, int 
     _mm256_storeu_ps(o, assign ? v : _mm256_max_ps(_mm256_loadu_ps(o), v));
 }
 
+/* Puts the accumulators of rows i .. i + cnt - 1 into their best rows (put16), for w blocks of 16 query
+ * tokens from block tb: acc[v * w + b] is row v's block b, to be multiplied by scale[v]. */
+__attribute__((target("avx512f"))) static inline void put_rows16(const job_t *j, int64_t i, int64_t tb, int cnt,
+                                                                 const float *scale, const __m512 *acc, int w) {
+    for (int v = 0; v < cnt; v++) {
+        const __m512 s = _mm512_set1_ps(scale[v]);
+        float *o = j->best + out_row(j, i + v) * j->lqp + tb * 16;
+        for (int b = 0; b < w; b++) put16(o + 16 * b, _mm512_mul_ps(acc[v * w + b], s), j->assign);
+    }
+}
+
 /* AVX-512: 4 vectors x 32 query tokens per pass (8 accumulators of 16 floats). */
 __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
     float buf[ROWS][MAX_DIM] __attribute__((aligned(64)));
@@ -216,13 +228,8 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
                 a30 = _mm512_fmadd_ps(x, q0, a30);
                 a31 = _mm512_fmadd_ps(x, q1, a31);
             }
-            const __m512 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-            for (int v = 0; v < cnt; v++) {
-                const __m512 s = _mm512_set1_ps(scale[v]);
-                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                put16(o, _mm512_mul_ps(acc[v][0], s), j->assign);
-                put16(o + 16, _mm512_mul_ps(acc[v][1], s), j->assign);
-            }
+            const __m512 acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
+            put_rows16(j, i, tb, cnt, scale, acc, 2);
         }
         for (; tb < nblk; tb++) {
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -235,10 +242,7 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const job_t *j) {
                 a3 = _mm512_fmadd_ps(_mm512_set1_ps(buf[3][d]), qv, a3);
             }
             const __m512 acc[4] = {a0, a1, a2, a3};
-            for (int v = 0; v < cnt; v++) {
-                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                put16(o, _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v])), j->assign);
-            }
+            put_rows16(j, i, tb, cnt, scale, acc, 1);
         }
     }
 }
@@ -320,13 +324,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma,f16c"))) static void
                 a30 = _mm512_dpbf16_ps(a30, x, q0);
                 a31 = _mm512_dpbf16_ps(a31, x, q1);
             }
-            const __m512 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-            for (int v = 0; v < cnt; v++) {
-                const __m512 s = _mm512_set1_ps(scale[v]);
-                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                put16(o, _mm512_mul_ps(acc[v][0], s), j->assign);
-                put16(o + 16, _mm512_mul_ps(acc[v][1], s), j->assign);
-            }
+            const __m512 acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
+            put_rows16(j, i, tb, cnt, scale, acc, 2);
         }
         for (; tb < nblk; tb++) {
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -339,10 +338,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma,f16c"))) static void
                 a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_set1_epi32((int)pairs[3][d]), qv);
             }
             const __m512 acc[4] = {a0, a1, a2, a3};
-            for (int v = 0; v < cnt; v++) {
-                float *o = j->best + out_row(j, i + v) * lqp + tb * 16;
-                put16(o, _mm512_mul_ps(acc[v], _mm512_set1_ps(scale[v])), j->assign);
-            }
+            put_rows16(j, i, tb, cnt, scale, acc, 1);
         }
     }
 }

@@ -293,8 +293,7 @@ class ResidualCodec:
         ):
             return
         p = pos.to(codes.device)
-        v = self.decompress(take(codes, p), take(packed, p))
-        kernels.scatter_max(best, rows, kernels.rounded(v) @ kernels.rounded(query).T if bf16 else v @ query.T)
+        kernels.scatter_max(best, rows, kernels.products(self.decompress(take(codes, p), take(packed, p)), query, bf16))
 
     def _product_quantizer(self):
         """faiss.ProductQuantizer holding ``codebooks`` (for encoding)."""

@@ -11,7 +11,8 @@ import torch
 def _load_fused():
     """The compiled kernel module (index/_fused.c), or None where it was not built or the CPU has neither
     AVX-512F nor AVX2+FMA+F16C. $TESSERA_FUSED: unset or "1" for the best kernel of this CPU, "0" for
-    the torch path (A/B runs), "avx2" or "avx512" to pick one (ignored where the CPU cannot run it)."""
+    the torch path (A/B runs), "avx2" or "avx512" to pick one (ignored where the CPU cannot run it).
+    $TESSERA_BF16=0 leaves out the AVX512-BF16 kernel, so that ``plaid``'s ``bf16`` defaults to false."""
     choice = os.environ.get("TESSERA_FUSED", "1")
     if choice == "0":
         return None
@@ -21,6 +22,8 @@ def _load_fused():
         return None
     if choice in ("avx2", "avx512"):
         _fused.select(choice)
+    if os.environ.get("TESSERA_BF16", "1") == "0":
+        _fused.bf16(False)
     return _fused if _fused.kernel() != "none" else None
 
 
@@ -298,6 +301,12 @@ def rounded(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).float()
 
 
+def products(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """``a @ b.T`` in float32; with ``bf16`` both operands rounded first (``rounded``): the torch path of
+    ``bf16`` scoring."""
+    return rounded(a) @ rounded(b).T if bf16 else a @ b.T
+
+
 def fused_ok(vectors: torch.Tensor, query: torch.Tensor) -> bool:
     """Whether ``gather_max`` runs the compiled kernel for these operands."""
     return (
@@ -383,8 +392,7 @@ def gather_max(
         ptr = vectors.data_ptr()
         _run_fused(lambda *a: FUSED.gather_max(ptr, *a), vectors.shape[0], pos, rows, query, best, trusted, bf16)
         return
-    v = take(vectors, pos.to(vectors.device)).to(best.device).float()
-    scatter_max(best, rows, rounded(v) @ rounded(query).T if bf16 else v @ query.T)
+    scatter_max(best, rows, products(take(vectors, pos.to(vectors.device)).to(best.device).float(), query, bf16))
 
 
 def scores(
@@ -412,9 +420,7 @@ def scores(
         args = (out.data_ptr(), rowmax.data_ptr(), argmax.data_ptr(), _threads(), bf16)
         FUSED.scores(table.data_ptr(), dim, n, q.data_ptr(), lq, lqp, *args)
         return out[:, :lq], rowmax, argmax
-    if bf16:
-        table, query = rounded(table), rounded(query)
-    S = (query @ table.T).T  # a view of [Lq, n]: the reductions over n run along rows
+    S = products(query, table, bf16).T  # a view of [Lq, n]: the reductions over n run along rows
     return S, S.amax(1), S.argmax(0)
 
 

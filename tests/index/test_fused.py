@@ -13,7 +13,7 @@ import pytest
 import torch
 from index_helpers import build
 
-from tessera.index import kernels
+from tessera.index import kernels, plaid
 from tessera.index.codec import ResidualCodec
 
 needs_kernel = pytest.mark.skipif(kernels.FUSED is None, reason="compiled kernel not built or CPU unsupported")
@@ -42,6 +42,18 @@ def test_kernel_is_built_where_the_cpu_supports_it(monkeypatch):
 def test_env_switch_forces_the_torch_path(monkeypatch):
     monkeypatch.setenv("TESSERA_FUSED", "0")
     assert kernels._load_fused() is None
+
+
+@needs_kernel
+def test_env_switch_leaves_out_the_bf16_kernel(monkeypatch):
+    before = kernels.FUSED.bf16()
+    monkeypatch.setenv("TESSERA_BF16", "0")
+    try:
+        assert kernels._load_fused().bf16() is False
+        assert kernels.bf16_fast("cpu") is False
+        assert plaid.resolve(10, {})["bf16"] is False
+    finally:
+        kernels.FUSED.bf16(before)
 
 
 @pytest.fixture(params=["avx512", "avx2"])
