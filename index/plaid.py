@@ -129,29 +129,27 @@ def stage2(
     """Stages 1-2 for one query: ([n, Lq] per query token the best similarity among each candidate's
     vectors in kept centroids (-inf if none), [n] global document numbers of the n candidates).
     ``ST`` [C, Lq], ``cmax`` and ``cells`` as ``probe`` gives them; ``p`` the resolved parameters.
-    A segment with more than ``ncandidates`` candidates keeps those with the best centroid-only
-    approximation (PLAID's stage 2) before its vectors are read."""
+    Over ``ncandidates`` candidates (all segments together, so that how the index happens to be split
+    into segments changes neither the work nor the result), those with the best centroid-only
+    approximation (PLAID's stage 2) are kept before any vector is read."""
     lq = query.shape[0]
-    C = cmax.shape[0]
     dev = cmax.device
     kept = (cmax >= p["centroid_score_threshold"]).nonzero().flatten()
     bases = snap.bases.tolist()
-    out_b, out_g = [], []
+    found = []  # (segment number, its candidates, their rowmap)
     for s, seg in enumerate(snap.segments):
         cand, rowmap = select_candidates(seg.ivf_offsets, seg.ivf_docs, cells, mask[bases[s] : bases[s + 1]])
-        n_cand = cand.numel()
-        _add(stats, "candidates", n_cand)
-        if n_cand == 0:
-            continue
-        voff, order, order_docs = seg.vector_ivf(C)
-        if n_cand > p["ncandidates"]:
-            approx = centroid_max(seg.ivf_offsets, seg.ivf_docs, kept, rowmap, n_cand, ST)
-            top = top_rows(approx, p["ncandidates"], w)
-            cand = cand[top.to(cand.device)]
-            n_cand = cand.numel()
-            rowmap = rank_map(cand, seg.n_docs)
-        pos, rows = select_ivf(voff, order, order_docs, kept, rowmap, n_cand)
-        best = filled(n_cand, lq, device=dev)
+        if cand.numel():
+            found.append((s, cand, rowmap))
+    n_all = sum(cand.numel() for _, cand, _ in found)
+    _add(stats, "candidates", n_all)
+    if n_all > p["ncandidates"]:
+        found = _prune_candidates(snap, found, kept, ST, p["ncandidates"], w)
+    out_b, out_g = [], []
+    for s, cand, rowmap in found:
+        seg = snap.segments[s]
+        pos, rows = select_ivf(*seg.vector_ivf(cmax.shape[0]), kept, rowmap, cand.numel())
+        best = filled(cand.numel(), lq, device=dev)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
         seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True, bf16=p["bf16"])
         out_b.append(best)
@@ -161,6 +159,28 @@ def stage2(
     if not out_b:
         return torch.empty(0, lq, device=dev), torch.empty(0, dtype=torch.int64, device=dev)
     return torch.cat(out_b), torch.cat(out_g)
+
+
+def _prune_candidates(
+    snap: Snapshot, found: list, kept: torch.Tensor, ST: torch.Tensor, n: int, w: torch.Tensor | None
+) -> list:
+    """``found`` ((segment, candidates, rowmap) per segment) cut to the ``n`` candidates of all segments
+    with the best centroid-only approximation (``centroid_max``; ties to the earlier segment, then the
+    lower document)."""
+    approx = [
+        centroid_max(snap.segments[s].ivf_offsets, snap.segments[s].ivf_docs, kept, rowmap, cand.numel(), ST)
+        for s, cand, rowmap in found
+    ]
+    top = top_rows(approx[0] if len(approx) == 1 else torch.cat(approx), n, w).cpu()  # increasing
+    ends = torch.tensor([cand.numel() for _, cand, _ in found]).cumsum(0)
+    cuts = torch.searchsorted(top, ends).tolist()
+    out, lo = [], 0
+    for (s, cand, _), hi, start in zip(found, cuts, [0, *ends.tolist()[:-1]], strict=True):
+        if hi > lo:
+            mine = cand[(top[lo:hi] - start).to(cand.device)]
+            out.append((s, mine, rank_map(mine, snap.segments[s].n_docs)))
+        lo = hi
+    return out
 
 
 def score_tokens(

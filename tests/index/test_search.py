@@ -220,3 +220,31 @@ def test_plaid_ncandidates_keeps_the_best_centroid_scored_candidates(built, quer
     # the kept candidates' residual scores are those they get without the limit
     pos = {int(d): i for i, d in enumerate(g_all)}
     assert torch.equal(best_few, best_all[[pos[int(d)] for d in g_few]])
+
+
+def test_plaid_ncandidates_counts_the_candidates_of_all_segments(corpus, doc_ids, queries):
+    """With several segments ``ncandidates`` still bounds the candidates of the whole index (not of each
+    segment): the best by centroid-only approximation over all of them, ties to the earlier segment."""
+    half = len(doc_ids) // 2
+    index = build(corpus.docs.select(list(range(half))), doc_ids[:half])
+    index.add(doc_ids[half:], corpus.docs.select(list(range(half, len(doc_ids)))))
+    snap = index.snapshot
+    assert len(snap.segments) == 2
+    q = queries[0]
+    ST, cmax, cells = plaid.probe(snap, q, 1)
+    every, few = plaid.resolve(10, {"ncandidates": 10**6}), plaid.resolve(10, {"ncandidates": 15})
+    best_all, g_all = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, every, {})
+    best_few, g_few = plaid.stage2(snap, q, ST, cmax, cells, snap.alive_all, few, {})
+    in_second = g_all >= int(snap.bases[1])
+    assert 0 < int(in_second.sum()) < g_all.numel() and g_all.numel() > 15 == g_few.numel()
+    kept = (cmax >= every["centroid_score_threshold"]).nonzero().flatten()
+    approx = []
+    for s, seg in enumerate(snap.segments):
+        mine = g_all[(g_all >= int(snap.bases[s])) & (g_all < int(snap.bases[s + 1]))] - int(snap.bases[s])
+        rowmap = torch.full((seg.n_docs,), -1, dtype=torch.int64)
+        rowmap[mine] = torch.arange(mine.numel())
+        approx.append(kernels.centroid_max(seg.ivf_offsets, seg.ivf_docs, kept, rowmap, mine.numel(), ST))
+    order = torch.sort(kernels.clamped_sum(torch.cat(approx), None), descending=True, stable=True).indices
+    assert torch.equal(g_few, g_all[order[:15].sort().values])
+    pos = {int(d): i for i, d in enumerate(g_all)}
+    assert torch.equal(best_few, best_all[[pos[int(d)] for d in g_few]])
