@@ -194,22 +194,20 @@ def score_tokens(
     stage: int,
     bf16: bool = False,
 ) -> None:
-    """In place: ``best`` [m, Lq] of documents ``gidx`` raised by their vectors whose centroid is set in
-    ``cmask`` [C] (stage 3: the tier stage 2 did not see; stage 4: all the rest, or with None all of
-    them); ``bf16`` as in ``Segment.score_max``."""
+    """In place: ``best`` [m, Lq] of documents ``gidx`` (increasing, as ``stage2`` and ``top_rows`` leave
+    them) raised by their vectors whose centroid is set in ``cmask`` [C] (stage 3: the tier stage 2 did
+    not see; stage 4: all the rest, or with None all of them); ``bf16`` as in ``Segment.score_max``.
+    Each segment's documents are a run of rows, scored into that slice of ``best``."""
     gidx = gidx.cpu()
-    if len(snap.segments) == 1:
-        parts = [(snap.segments[0], gidx, None)]
-    else:
-        seg_of, local = snap.locate(gidx)
-        parts = []
-        for s in torch.unique(seg_of).tolist():
-            sel = (seg_of == s).nonzero().flatten()
-            parts.append((snap.segments[s], local[sel], sel))
-    for seg, local, rows in parts:
-        pos, rows = select_tokens(seg.offsets, local, seg.codes, cmask, rows, best.shape[0])
+    bounds = torch.searchsorted(gidx, snap.bases.cpu()).tolist() if len(snap.segments) > 1 else [0, gidx.numel()]
+    bases = snap.bases.tolist()
+    for s, seg in enumerate(snap.segments):
+        lo, hi = bounds[s], bounds[s + 1]
+        if lo == hi:
+            continue
+        pos, rows = select_tokens(seg.offsets, gidx[lo:hi] - bases[s] if s else gidx[lo:hi], seg.codes, cmask)
         _add(stats, f"stage{stage}_dot_products", int(pos.numel()) * query.shape[0])
-        seg.score_max(snap.codec, pos, rows, query, best, full, trusted=True, bf16=bf16)
+        seg.score_max(snap.codec, pos, rows, query, best[lo:hi], full, trusted=True, bf16=bf16)
 
 
 def _keep(best: torch.Tensor, gidx: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
