@@ -145,20 +145,18 @@ def stage2(
     _add(stats, "candidates", n_all)
     if n_all > p["ncandidates"]:
         found = _prune_candidates(snap, found, kept, ST, p["ncandidates"], w)
-    out_b, out_g = [], []
-    for s, cand, rowmap in found:
-        seg = snap.segments[s]
-        pos, rows = select_ivf(*seg.vector_ivf(cmax.shape[0]), kept, rowmap, cand.numel())
-        best = filled(cand.numel(), lq, device=dev)
+    best = filled(sum(cand.numel() for _, cand, _ in found), lq, device=dev)
+    lo, gidx = 0, []
+    for s, cand, rowmap in found:  # each segment's candidates: a run of rows of best
+        seg, n = snap.segments[s], cand.numel()
+        pos, rows = select_ivf(*seg.vector_ivf(cmax.shape[0]), kept, rowmap, n)
         _add(stats, "stage2_dot_products", int(pos.numel()) * lq)
-        seg.score_max(snap.codec, pos, rows, query, best, p["full_rerank"], trusted=True, bf16=p["bf16"])
-        out_b.append(best)
-        out_g.append(cand.to(dev) + bases[s])
-    if len(out_b) == 1:
-        return out_b[0], out_g[0]
-    if not out_b:
-        return torch.empty(0, lq, device=dev), torch.empty(0, dtype=torch.int64, device=dev)
-    return torch.cat(out_b), torch.cat(out_g)
+        seg.score_max(snap.codec, pos, rows, query, best[lo : lo + n], p["full_rerank"], trusted=True, bf16=p["bf16"])
+        gidx.append(cand.to(dev) + bases[s])
+        lo += n
+    if not gidx:
+        return best, torch.empty(0, dtype=torch.int64, device=dev)
+    return best, gidx[0] if len(gidx) == 1 else torch.cat(gidx)
 
 
 def _prune_candidates(
