@@ -289,8 +289,8 @@ def fused_kernel() -> str:
 
 
 def bf16_fast(device: torch.device | str) -> bool:
-    """Whether scoring with ``bf16=True`` (``gather_max``, ``gather_max_codes``: query and vectors rounded
-    to bfloat16, products summed in float32) is faster than float32 on ``device``: on CPUs with
+    """Whether scoring with ``bf16=True`` (``gather_max``, ``gather_max_codes``, ``scores``: query and
+    vectors rounded to bfloat16, products summed in float32) is faster than float32 on ``device``: on CPUs with
     AVX512-BF16, where the compiled kernel multiplies two dims per instruction. Elsewhere it gives the
     same products at no gain (the operands are rounded, then multiplied in float32)."""
     return FUSED is not None and torch.device(device).type == "cpu" and FUSED.bf16()
