@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from service_helpers import batched, make_docs, reference_index, start_server
 
-from tessera.client import Client, NotFound
+from tessera.client import Client, InvalidArgument, NotFound
 from tessera.client.types import CollectionInfo, SearchHit, SearchResult, StoredDocument
 
 DOCS = make_docs(150)
@@ -51,6 +51,19 @@ def test_search_equals_in_process_index(client, loaded, method):
         assert [h.score for h in got] == pytest.approx([h.score for h in w], abs=1e-5)
     batch = client.batch_search("sci", QUERIES, k=10, method=method)
     assert [r.ids for r in batch] == [[h.id for h in w] for w in want]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_boolean_method_parameter_reaches_the_index(client, loaded, bf16):
+    """plaid's ``bf16`` over the wire: the same hits as the in-process index with the same parameter."""
+    enc, ref = loaded
+    want = ref.search(enc.encode_queries(QUERIES), k=10, method="plaid", params={"bf16": bf16})
+    for query, w in zip(QUERIES, want, strict=True):
+        got = client.search("sci", query, k=10, method="plaid", params={"bf16": bf16})
+        assert got.ids == [h.id for h in w]
+        assert [h.score for h in got] == pytest.approx([h.score for h in w], abs=1e-5)
+    with pytest.raises(InvalidArgument, match="bf16"):  # it arrives typed: an int is not a bool
+        client.search("sci", QUERIES[0], k=10, method="plaid", params={"bf16": int(bf16)})
 
 
 def test_precomputed_query_vectors_and_two_stage(client, loaded):
