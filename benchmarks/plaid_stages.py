@@ -18,14 +18,13 @@ from pathlib import Path
 import torch
 
 from tessera.index import MultiVectorIndex, bench, plaid
-from tessera.index.kernels import filled, sum_best, top_rows
+from tessera.index.kernels import sum_best, top_rows
 
 
 def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.perf_counter) -> dict:
     snap = index.snapshot
     p = plaid.resolve(k, params)
     mask = snap.alive_all
-    thr, full = p["centroid_score_threshold"], p["full_rerank"]
     cov = {"candidates": [], "stage2": [], "stage3": [], "final": []}
     ms = {"stage1+2": [], "stage3": [], "stage4": [], "total": []}
     counts = {"candidates": [], "stage2_vectors": [], "stage3_vectors": [], "stage4_docs": []}
@@ -41,18 +40,10 @@ def stage_recall(index, queries, truth_g, params: dict, k: int = 10, clock=time.
             best, gidx = plaid._keep(best, gidx, top_rows(best, p["ndocs"]))
         t1 = clock()
         cov["stage2"].append(len(want & set(gidx.tolist())) / k)
-        seen = thr
-        if gidx.numel() > p["nfinal"]:
-            if p["tier_threshold"] < thr:
-                tier = (cmax >= p["tier_threshold"]) & (cmax < thr)
-                plaid.score_tokens(snap, query, best, gidx, tier, full, st, 3, p["bf16"])
-                seen = p["tier_threshold"]
-            best, gidx = plaid._keep(best, gidx, top_rows(best, p["nfinal"]))
+        best, gidx, seen = plaid.stage3(snap, query, best, gidx, cmax, p, st)
         t2 = clock()
         cov["stage3"].append(len(want & set(gidx.tolist())) / k)
-        if p["bf16"]:  # as plaid.search: the survivors are scored again in float32
-            best = filled(*best.shape)
-        plaid.score_tokens(snap, query, best, gidx, None if p["bf16"] else cmax < seen, full, st, 4)
+        best = plaid.stage4(snap, query, best, gidx, cmax, seen, p, st)
         scores = sum_best(best, snap.lengths_all[gidx], None)
         final = gidx[scores.topk(min(k, gidx.numel())).indices]
         t3 = clock()

@@ -203,9 +203,52 @@ def score_tokens(
         lo, hi = bounds[s], bounds[s + 1]
         if lo == hi:
             continue
-        pos, rows = select_tokens(seg.offsets, gidx[lo:hi] - bases[s] if s else gidx[lo:hi], seg.codes, cmask)
+        pos, rows = select_tokens(seg.offsets, gidx[lo:hi] - bases[s], seg.codes, cmask)
         _add(stats, f"stage{stage}_dot_products", int(pos.numel()) * query.shape[0])
         seg.score_max(snap.codec, pos, rows, query, best[lo:hi], full, trusted=True, bf16=bf16)
+
+
+def stage3(
+    snap: Snapshot,
+    query: torch.Tensor,
+    best: torch.Tensor,
+    gidx: torch.Tensor,
+    cmax: torch.Tensor,
+    p: dict,
+    stats: dict,
+    w: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Stage 3 for one query: over ``nfinal`` documents, their vectors in the tier of centroids between
+    ``tier_threshold`` and ``centroid_score_threshold`` raise ``best``, and the ``nfinal`` best are kept.
+    Returns (best, gidx, seen): every vector of the survivors in a centroid scoring at least ``seen``
+    has been scored."""
+    seen = p["centroid_score_threshold"]
+    if gidx.numel() > p["nfinal"]:
+        low = p["tier_threshold"]
+        if low < seen:
+            score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < seen), p["full_rerank"], stats, 3, p["bf16"])
+            seen = low
+        best, gidx = _keep(best, gidx, top_rows(best, p["nfinal"], w))
+    return best, gidx, seen
+
+
+def stage4(
+    snap: Snapshot,
+    query: torch.Tensor,
+    best: torch.Tensor,
+    gidx: torch.Tensor,
+    cmax: torch.Tensor,
+    seen: float,
+    p: dict,
+    stats: dict,
+) -> torch.Tensor:
+    """Stage 4, exact MaxSim: the survivors' vectors not yet scored (centroids below ``seen``) complete
+    their per-token maxima, in float32; after bfloat16 stages (``bf16``) all of their vectors are scored
+    again instead. Returns the exact per-token maxima."""
+    if p["bf16"]:
+        best = filled(*best.shape, device=best.device)
+    score_tokens(snap, query, best, gidx, None if p["bf16"] else cmax < seen, p["full_rerank"], stats, 4)
+    return best
 
 
 def _keep(best: torch.Tensor, gidx: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,28 +272,17 @@ def search(
     nq = queries.shape[0]
     out_s = torch.full((nq, k), float("-inf"))
     out_i = torch.full((nq, k), -1, dtype=torch.int64)
-    thr, full, bf16 = p["centroid_score_threshold"], p["full_rerank"], p["bf16"]
     for q in range(nq):
         w = query_weights[q].to(queries.device) if query_weights is not None else None
         query = queries[q]
-        ST, cmax, cells = probe(snap, query, p["ncells"], bf16)
+        ST, cmax, cells = probe(snap, query, p["ncells"], p["bf16"])
         best, gidx = stage2(snap, query, ST, cmax, cells, mask, p, stats, w)
         if gidx.numel() == 0:
             continue
         if gidx.numel() > p["ndocs"]:
             best, gidx = _keep(best, gidx, top_rows(best, p["ndocs"], w))
-        seen = thr  # vectors of centroids scoring at least this have been scored for every document in gidx
-        if gidx.numel() > p["nfinal"]:
-            low = p["tier_threshold"]
-            if low < thr:
-                score_tokens(snap, query, best, gidx, (cmax >= low) & (cmax < thr), full, stats, 3, bf16)
-                seen = low
-            best, gidx = _keep(best, gidx, top_rows(best, p["nfinal"], w))
-        # stage 4, exact MaxSim: the vectors not yet scored complete each document's per-token maxima
-        # (after bfloat16 stages: all of the survivors' vectors, again)
-        if bf16:
-            best = filled(*best.shape, device=best.device)
-        score_tokens(snap, query, best, gidx, None if bf16 else cmax < seen, full, stats, 4)
+        best, gidx, seen = stage3(snap, query, best, gidx, cmax, p, stats, w)
+        best = stage4(snap, query, best, gidx, cmax, seen, p, stats)
         gidx = gidx.cpu()
         scores = sum_best(best, snap.lengths_all[gidx], w)[None].cpu()
         _add(stats, "scored_docs", int(gidx.numel()))
