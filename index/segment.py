@@ -112,10 +112,12 @@ class Segment:
         )
 
     @classmethod
-    def from_parts(cls, name: str, parts: list[tuple[Segment, torch.Tensor]], ncentroids: int) -> Segment:
-        """Concatenate the given local documents of several segments (same codec) into a new one."""
+    def from_parts(cls, name: str, parts: list[tuple[Segment, torch.Tensor]], codec: ResidualCodec) -> Segment:
+        """Concatenate the given local documents of several segments (encoded by ``codec``) into a new
+        one. Stored originals are kept when any part has them (those of the other parts are then
+        decompressed): they are kept for a re-training to come, which must not lose them."""
         ids: list[str] = []
-        lengths, codes, residuals, token_ids, errors, vectors = [], [], [], [], [], []
+        lengths, codes, residuals, token_ids, errors, positions = [], [], [], [], [], []
         for seg, local in parts:
             local = local.to(seg.device, torch.int64)
             ids.extend(seg.ids[i] for i in local.tolist())
@@ -124,14 +126,17 @@ class Segment:
             codes.append(seg.codes[pos])
             residuals.append(seg.residuals[pos])
             token_ids.append(seg.token_ids[pos])
-            vectors.append(seg.vectors[pos] if seg.vectors is not None else None)
+            positions.append(pos)
             errors.append((seg.error, int(pos.numel())))
         dev = parts[0][0].device if parts else torch.device("cpu")
         lengths_t = torch.cat(lengths) if lengths else torch.empty(0, dtype=torch.int64, device=dev)
         codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.int32, device=dev)
         total = sum(w for _, w in errors)
         error = sum(e * w for e, w in errors) / total if total else 0.0
-        ivf_offsets, ivf_docs = build_ivf(codes_t, lengths_t, ncentroids)
+        ivf_offsets, ivf_docs = build_ivf(codes_t, lengths_t, codec.ncentroids)
+        vectors = None
+        if any(seg.vectors is not None for seg, _ in parts):
+            vectors = torch.cat([seg.originals(codec, p) for (seg, _), p in zip(parts, positions, strict=True)])
         width = parts[0][0].residuals.shape[1] if parts else 0
         return cls(
             name,
@@ -143,7 +148,7 @@ class Segment:
             ivf_offsets,
             ivf_docs,
             error,
-            torch.cat(vectors) if vectors and all(v is not None for v in vectors) else None,
+            vectors,
         )
 
     # -- devices ----------------------------------------------------------------------------------
@@ -203,6 +208,20 @@ class Segment:
         lengths = self.lengths[local]
         pos = padded_positions(self.offsets[local], lengths)
         return pos.clamp_(0, max(self.n_vectors - 1, 0)), lengths  # empty documents point anywhere
+
+    def originals(self, codec: ResidualCodec, pos: torch.Tensor) -> torch.Tensor:
+        """fp16 vectors [n, dim] at the given positions, on the segment's device: the stored originals
+        when kept, else decompressed (in chunks, so that no float32 copy of them all is made)."""
+        if self.vectors is not None:
+            return take(self.vectors, pos)
+        if not pos.numel():
+            return torch.empty(0, codec.dim, dtype=torch.float16, device=self.device)
+        return torch.cat(
+            [
+                codec.decompress(take(self.codes, p), take(self.residuals, p)).half().to(self.device)
+                for p in pos.split(1 << 16)
+            ]
+        )
 
     def padded_vectors(self, codec: ResidualCodec, local: torch.Tensor, full: bool = True):
         """([m, Lmax, dim] float32 vectors on the codec's device, lengths [m]); ``full`` uses the stored

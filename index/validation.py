@@ -95,3 +95,33 @@ def check_params(method: str, params: dict | None, spec: dict) -> dict:
         if not ok:
             raise ValueError(f"parameter {name!r} of method {method!r} must be {kind}, got {value!r}")
     return params
+
+
+def check_settings(settings: dict, rules: dict) -> dict:
+    """Validate index settings against {name: bool, a tuple of choices, or (int or float, minimum[,
+    maximum or None[, None allowed]])}: numbers finite and in range, ints whole. Unknown names are
+    refused."""
+    unknown = set(settings) - set(rules)
+    if unknown:
+        raise ValueError(
+            f"unknown index settings: {', '.join(sorted(unknown))} (known: {', '.join(sorted(rules))})"
+        )
+    for name, value in settings.items():
+        rule = rules[name]
+        if rule is bool:
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(rule[0], str):  # choices
+            ok, kind = value in rule, f"one of {', '.join(rule)}"
+        else:
+            want, minimum, maximum, nullable = (*rule, None, False)[:4]
+            if value is None and nullable:
+                continue
+            number = isinstance(value, int if want is int else (int, float)) and not isinstance(value, bool)
+            ok = number and math.isfinite(value) and minimum <= value <= (math.inf if maximum is None else maximum)
+            kind = f"{'an integer' if want is int else 'a number'} " + (
+                f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            )
+            kind += " or null" if nullable else ""
+        if not ok:
+            raise ValueError(f"index setting {name} must be {kind}, got {value!r}")
+    return dict(settings)

@@ -86,7 +86,7 @@ def test_upsert_delete_and_filter(corpus, doc_ids, queries):
 
 def test_merge_drops_tombstones_and_keeps_results(corpus, doc_ids, queries):
     docs = corpus.docs
-    index = build(docs.select(range(100)), doc_ids[:100], max_segments=100, auto_retrain=False)
+    index = build(docs.select(range(100)), doc_ids[:100], max_segments=100, merge_ratio=0, auto_retrain=False)
     for start in range(100, 200, 25):
         index.add(doc_ids[start : start + 25], docs.select(range(start, start + 25)))
     index.delete(doc_ids[::3])

@@ -405,7 +405,7 @@ def test_centroid_scores_on_two_threads_give_what_one_gives(monkeypatch):
 def two_segments(corpus, doc_ids):
     """An index of two segments, some documents deleted (read-only)."""
     half = len(doc_ids) // 2
-    index = build(corpus.docs.select(list(range(half))), doc_ids[:half], keep_vectors=True)
+    index = build(corpus.docs.select(list(range(half))), doc_ids[:half], keep_vectors=True, merge_ratio=0)
     index.add(doc_ids[half:], corpus.docs.select(list(range(half, len(doc_ids)))))
     index.delete(doc_ids[::9])
     assert len(index.snapshot.segments) == 2

@@ -226,7 +226,7 @@ def test_plaid_ncandidates_counts_the_candidates_of_all_segments(corpus, doc_ids
     """With several segments ``ncandidates`` still bounds the candidates of the whole index (not of each
     segment): the best by centroid-only approximation over all of them, ties to the earlier segment."""
     half = len(doc_ids) // 2
-    index = build(corpus.docs.select(list(range(half))), doc_ids[:half])
+    index = build(corpus.docs.select(list(range(half))), doc_ids[:half], merge_ratio=0)
     index.add(doc_ids[half:], corpus.docs.select(list(range(half, len(doc_ids)))))
     snap = index.snapshot
     assert len(snap.segments) == 2

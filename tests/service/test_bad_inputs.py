@@ -321,6 +321,7 @@ CASES = [
     ("create: existing name", "CreateCollection", "EXISTING", grpc.StatusCode.ALREADY_EXISTS, "name"),
     ("create: unknown index setting", "CreateCollection", "BAD_SETTING", INVALID, "settings.index"),
     ("create: unknown residual quantizer", "CreateCollection", "BAD_QUANTIZER", INVALID, "settings.index"),
+    ("create: index setting of the wrong type", "CreateCollection", "BAD_SETTING_VALUE", INVALID, "settings.index"),
     (
         "describe: unknown collection",
         "DescribeCollection",
@@ -339,6 +340,10 @@ def _special(request, tiny_model_dir):
     if request == "BAD_SETTING":
         req = pb.CreateCollectionRequest(name="x2", model=str(tiny_model_dir))
         req.settings.index["colour"].string_value = "red"
+        return req
+    if request == "BAD_SETTING_VALUE":
+        req = pb.CreateCollectionRequest(name="x4", model=str(tiny_model_dir))
+        req.settings.index["max_segments"].string_value = "eight"
         return req
     if request == "BAD_QUANTIZER":
         req = pb.CreateCollectionRequest(name="x3", model=str(tiny_model_dir))

@@ -1,0 +1,134 @@
+"""Ingest in many small adds under two merge policies, side by side: what the merges rewrite, how many
+segments the index holds, how long the ingest takes, and how fast ``plaid`` then searches.
+
+Arms: ``tiered``, the index's policy (``merge_ratio``, ``max_segments``: the newest segments merge
+geometrically), and ``smallest``, the policy before it (only past ``max_segments`` segments, all but
+the ``max_segments // 2`` biggest merged into one), put in place of ``MultiVectorIndex._merge_newest``
+for its arm (the merge itself is the same code). Each arm adds the same batches to its own index
+folder, flushing after every add as the service does; re-trainings (``auto_retrain``) run to the end
+before the next add, so that both arms see the same codec changes. Then both indexes answer the same
+queries with ``plaid``, alternating arm by arm query by query. Prints one JSON object.
+
+    python benchmarks/merge_policy.py --data /work/shared/data/scifact --batch 256 --out /tmp/merge
+    python benchmarks/merge_policy.py --synthetic 500000 --batch 16 --no-retrain --out /tmp/merge-syn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tessera.index import MultiVectorIndex, bench
+
+
+def smallest_policy(self: MultiVectorIndex) -> None:
+    """The merge policy before ``merge_ratio`` (index/core.py at 5665ac4)."""
+    snap = self._snap
+    if len(snap.segments) > self.settings["max_segments"]:
+        order = sorted(range(len(snap.segments)), key=lambda s: snap.segments[s].n_vectors)
+        keep = self.settings["max_segments"] // 2
+        self._merge(order[: max(2, len(order) - keep)])
+
+
+TIERED = MultiVectorIndex._merge_newest
+POLICIES = {"tiered": TIERED, "smallest": smallest_policy}
+
+
+def ingest(policy: str, data: bench.BenchData, batch: int, folder: Path, settings: dict) -> dict:
+    MultiVectorIndex._merge_newest = POLICIES[policy]
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+        index = MultiVectorIndex.create(folder, data.docs.dim, **settings)
+        added = rewritten = retrainings = 0
+        counts, seconds = [], 0.0
+        for start in range(0, len(data.doc_ids), batch):
+            end = min(start + batch, len(data.doc_ids))
+            docs = data.docs.select(range(start, end))
+            before = {id(s) for s in index.snapshot.segments}
+            codec = index.snapshot.codec
+            t0 = time.perf_counter()
+            index.add(data.doc_ids[start:end], docs)
+            index.wait_for_maintenance()
+            index.flush()
+            seconds += time.perf_counter() - t0
+            added += docs.vectors.shape[0]
+            if index.snapshot.codec is codec or codec is None:
+                fresh = [s for s in index.snapshot.segments if id(s) not in before]
+                rewritten += sum(s.n_vectors for s in fresh) - docs.vectors.shape[0]
+            else:  # a re-training rewrites everything whatever the policy: not counted
+                retrainings += 1
+            counts.append(len(index.snapshot.segments))
+        st = index.stats()
+        index.close()
+        return {
+            "adds": len(counts),
+            "vectors": added,
+            "rewritten_by_merges": rewritten,
+            "write_amplification": round((added + rewritten) / added, 2),
+            "segments_final": counts[-1],
+            "segments_max": max(counts),
+            "segments_mean": round(statistics.mean(counts), 2),
+            "retrainings": retrainings,
+            "ingest_s": round(seconds, 2),
+            "documents": st["documents"],
+        }
+    finally:
+        MultiVectorIndex._merge_newest = TIERED
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="BEIR folder (encodings cached by tessera bench search)")
+    ap.add_argument("--synthetic", type=int, metavar="VECTORS", help="the bench's synthetic vectors instead")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
+    ap.add_argument("--batch", type=int, default=256, help="documents per add (the SDK's bulk upsert sends 256)")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the two indexes")
+    ap.add_argument("--no-retrain", action="store_true", help="auto_retrain off (codec from the first add)")
+    ap.add_argument("--ncentroids", type=int, help="centroids (default: the index's rule at the first add)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the queries")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.synthetic:
+        data = bench.synthetic_data(args.synthetic, 128, 100)
+    elif args.data:
+        data = bench.load_encoded(args.data, args.model, "test", args.cache)
+    else:
+        raise SystemExit("give --data or --synthetic")
+    settings = {"auto_retrain": not args.no_retrain, "ncentroids": args.ncentroids}
+    out = {"batch": args.batch, "settings": settings, "threads": args.threads}
+    for policy in POLICIES:
+        out[policy] = ingest(policy, data, args.batch, args.out / policy, settings)
+    indexes = {p: MultiVectorIndex.open(args.out / p) for p in POLICIES}
+    for p, index in indexes.items():
+        out[p]["segment_docs"] = [s.n_docs for s in index.snapshot.segments]
+    times: dict[str, list[float]] = {p: [] for p in POLICIES}
+    same = 0
+    queries = data.queries
+    for rep in range(args.repeats + 1):  # the first pass warms up
+        for q in range(queries.shape[0]):
+            got = {}
+            for p, index in indexes.items():
+                t0 = time.perf_counter()
+                got[p] = index.search(queries[q : q + 1], k=10, method="plaid")[0]
+                if rep:
+                    times[p].append((time.perf_counter() - t0) * 1e3)
+            same += rep == 1 and [h.id for h in got["tiered"]] == [h.id for h in got["smallest"]]
+    for p in POLICIES:
+        out[p]["plaid_p50_ms"] = round(statistics.median(times[p]), 3)
+    out["search_ratio_tiered_vs_smallest"] = round(
+        out["tiered"]["plaid_p50_ms"] / out["smallest"]["plaid_p50_ms"], 3
+    )
+    out["same_top10"] = f"{same}/{queries.shape[0]}"
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
