@@ -269,7 +269,7 @@ class MultiVectorIndex:
             "bytes_per_vector_in_memory": mem / stored if stored else float(per_vec),
             "bytes_per_vector_on_disk": disk / stored if stored and self.path else None,
             "memory_bytes": mem,
-            "full_vector_bytes": full,  # fp16 originals (keep_vectors), memory-mapped when on disk
+            "full_vector_bytes": full,  # fp16 originals (keep_vectors or originals_until), memory-mapped on disk
             "disk_bytes": disk,
             "residual_drift": drift,
             "codec_trained_on": codec.trained_on if codec else 0,
@@ -556,16 +556,18 @@ class MultiVectorIndex:
             return False
         if self._retrain_thread is not None or snap.codec is None:
             return self._retrain_thread is not None
-        drifted = codec.train_error > 0 and seg.error / codec.train_error > self.settings["retrain_drift"]
-        return drifted or self._grown(snap, codec, seg.n_vectors)
+        drift = self._drift(snap, seg) or 0.0
+        return drift > self.settings["retrain_drift"] or self._grown(snap, codec, seg.n_vectors)
 
     @staticmethod
-    def _drift(snap: Snapshot) -> float | None:
-        """Mean residual error of the stored vectors relative to the codec's training error."""
-        stored = sum(s.n_vectors for s in snap.segments)
+    def _drift(snap: Snapshot, extra: Segment | None = None) -> float | None:
+        """Mean residual error of the stored vectors (and ``extra``'s, about to be added) relative to
+        the codec's training error."""
+        segments = (*snap.segments, extra) if extra is not None else snap.segments
+        stored = sum(s.n_vectors for s in segments)
         if snap.codec is None or snap.codec.train_error <= 0 or not stored:
             return None
-        return sum(s.error * s.n_vectors for s in snap.segments) / stored / snap.codec.train_error
+        return sum(s.error * s.n_vectors for s in segments) / stored / snap.codec.train_error
 
     def retrain(self, background: bool = False) -> None:
         """Train new centroids and residual buckets on the live documents and re-encode everything.

@@ -147,7 +147,8 @@ def run_service_benchmark(
     root.mkdir(parents=True, exist_ok=True)
     ds = load_beir(data, split)
     qids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
-    texts = [ds.queries[q] for q in qids][:n_queries]
+    qids = qids[:n_queries]
+    texts = [ds.queries[q] for q in qids]
     encoder = load_encoder(model)
     folder = indexed_data_dir(data, model, doc_backend, root, encoder)
 
@@ -162,13 +163,15 @@ def run_service_benchmark(
             for t in texts[:10]:  # warm up: first calls, caches
                 client.search(COLLECTION, t, k=k, method=method)
             before = server.metrics()
-            e2e, took = [], []
-            for t in texts:
+            e2e, took, run = [], [], {}
+            for qid, t in zip(qids, texts, strict=True):
                 t0 = time.perf_counter()
                 res = client.search(COLLECTION, t, k=k, method=method)
                 e2e.append((time.perf_counter() - t0) * 1000)
                 took.append(res.took_ms)
+                run[qid] = {h.id: h.score for h in res.hits}
             after = server.metrics()
+            segments = [g.documents for g in client.describe_collection(COLLECTION).segments]
     finally:
         server.stop()
     # the query encoder alone, same backend and threads, in this process (the server has stopped)
@@ -188,7 +191,19 @@ def run_service_benchmark(
                                                   'kind="query"'),
         "server_search": _histogram_delta(before, after, "tessera_search_duration_seconds", f'method="{method}"'),
         "query_encoding_alone": _summary(alone),
+        "quality": {"ndcg@10": _ndcg10(run, ds.qrels), "segment_docs": segments},
     }
+
+
+def _ndcg10(run: dict, qrels: dict) -> float | None:
+    """nDCG@10 of the served results over the queries that have judgements (None without any)."""
+    import ir_measures
+    from ir_measures import nDCG
+
+    judged = {q: qrels[q] for q in run if qrels.get(q)}
+    if not judged:
+        return None
+    return round(ir_measures.calc_aggregate([nDCG @ 10], judged, {q: run[q] for q in judged})[nDCG @ 10], 4)
 
 
 def format_report(r: dict) -> str:
@@ -203,6 +218,9 @@ def format_report(r: dict) -> str:
         lines.append(
             f"  {label:<28} p50 {s['p50_ms']:7.2f} ms   p95 {s['p95_ms']:7.2f} ms   mean {s['mean_ms']:7.2f} ms"
         )
+    q = r.get("quality") or {}
+    if q:
+        lines.append(f"  nDCG@10 {q['ndcg@10']}; the collection's segments hold {q['segment_docs']} documents")
     for key, label in (("server_query_encoding", "query encoding in server"), ("server_search", "search in server")):
         s = r[key]
         if s:

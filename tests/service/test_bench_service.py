@@ -42,6 +42,9 @@ def test_bench_service_reports_every_part(tmp_path, tiny_model_dir, capsys, monk
     assert report["server_query_encoding"]["n"] == 6  # one encoding batch per query, seen by the metrics
     assert report["server_search"]["n"] == 6
     assert report["end_to_end"]["p50_ms"] >= report["server_took"]["p50_ms"]
+    # each query is its document's text: exact search finds it first
+    assert report["quality"]["ndcg@10"] == 1.0 and sum(report["quality"]["segment_docs"]) == 40
+    assert "nDCG@10 1.0" in out
     data_dir = report["meta"]["data_dir"]
     # a second run reuses the indexed data directory
     assert main(args) == 0
