@@ -11,6 +11,7 @@ queries with ``plaid``, alternating arm by arm query by query. Prints one JSON o
 
     python benchmarks/merge_policy.py --data /work/shared/data/scifact --batch 256 --out /tmp/merge
     python benchmarks/merge_policy.py --synthetic 500000 --batch 16 --no-retrain --out /tmp/merge-syn
+    python benchmarks/merge_policy.py --simulate 21,500,4000,40000   # both policies on equal adds, sizes only
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from pathlib import Path
 import torch
 
 from tessera.index import MultiVectorIndex, bench
+from tessera.index.core import DEFAULT_SETTINGS, merge_run
+
+
+def smallest_pick(sizes: list[int], cap: int) -> list[int]:
+    """The merge policy before ``merge_ratio`` (index/core.py at 5665ac4): past ``cap`` segments, all but
+    the ``cap // 2`` biggest are merged."""
+    if len(sizes) <= cap:
+        return []
+    order = sorted(range(len(sizes)), key=lambda s: sizes[s])
+    return order[: max(2, len(order) - cap // 2)]
 
 
 def smallest_policy(self: MultiVectorIndex) -> None:
-    """The merge policy before ``merge_ratio`` (index/core.py at 5665ac4)."""
-    snap = self._snap
-    if len(snap.segments) > self.settings["max_segments"]:
-        order = sorted(range(len(snap.segments)), key=lambda s: snap.segments[s].n_vectors)
-        keep = self.settings["max_segments"] // 2
-        self._merge(order[: max(2, len(order) - keep)])
+    self._merge(smallest_pick([s.n_vectors for s in self._snap.segments], self.settings["max_segments"]))
 
 
 TIERED = MultiVectorIndex._merge_newest
@@ -82,6 +88,31 @@ def ingest(policy: str, data: bench.BenchData, batch: int, folder: Path, setting
         MultiVectorIndex._merge_newest = TIERED
 
 
+def simulate(adds: int) -> dict:
+    """Both policies on ``adds`` adds of equal size (no deletes, default settings), on segment sizes
+    alone: {policy: (write amplification, mean segments, final segments)}."""
+    cap, ratio = DEFAULT_SETTINGS["max_segments"], DEFAULT_SETTINGS["merge_ratio"]
+    out = {}
+    for policy in POLICIES:
+        sizes: list[int] = []
+        written, counts = 0, []
+        for _ in range(adds):
+            sizes.append(1)
+            written += 1
+            if policy == "tiered":
+                start = merge_run(sizes, ratio, cap)
+                which = list(range(start, len(sizes))) if start < len(sizes) - 1 else []
+            else:
+                which = smallest_pick(sizes, cap)
+            if which:
+                merged = sum(sizes[s] for s in which)
+                sizes = [x for s, x in enumerate(sizes) if s not in set(which)] + [merged]
+                written += merged
+            counts.append(len(sizes))
+        out[policy] = (round(written / adds, 2), round(statistics.mean(counts), 2), len(sizes))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="BEIR folder (encodings cached by tessera bench search)")
@@ -89,12 +120,19 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--cache", type=Path, default=bench.default_cache_dir())
     ap.add_argument("--batch", type=int, default=256, help="documents per add (the SDK's bulk upsert sends 256)")
-    ap.add_argument("--out", type=Path, required=True, help="folder for the two indexes")
+    ap.add_argument("--out", type=Path, help="folder for the two indexes")
+    ap.add_argument("--simulate", metavar="N,N,...", help="only the size model of both policies for N equal adds")
     ap.add_argument("--no-retrain", action="store_true", help="auto_retrain off (codec from the first add)")
     ap.add_argument("--ncentroids", type=int, help="centroids (default: the index's rule at the first add)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="passes over the queries")
     args = ap.parse_args()
+    if args.simulate:
+        for n in (int(x) for x in args.simulate.split(",")):
+            print(json.dumps({"adds": n, **simulate(n)}))
+        return
+    if args.out is None:
+        raise SystemExit("give --out (or --simulate)")
     torch.set_num_threads(args.threads)
     if args.synthetic:
         data = bench.synthetic_data(args.synthetic, 128, 100)

@@ -74,6 +74,13 @@ def check_documents(ids: Sequence[str], docs: PackedDocuments, dim: int) -> list
     return ids
 
 
+def _number(value, integer: bool) -> bool:
+    """A finite int (``integer``) or int/float; bools are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return math.isfinite(value)
+
+
 def check_params(method: str, params: dict | None, spec: dict) -> dict:
     """Validate method parameters against {name: type or (int, minimum)}; ints must be positive unless a
     minimum is given, floats finite."""
@@ -84,10 +91,10 @@ def check_params(method: str, params: dict | None, spec: dict) -> dict:
             raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
         want, minimum = spec[name] if isinstance(spec[name], tuple) else (spec[name], 1)
         if want is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = _number(value, integer=False)
             kind = "a finite number"
         elif want is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            ok = _number(value, integer=True) and value >= minimum
             kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         else:
             ok = isinstance(value, want)
@@ -116,8 +123,7 @@ def check_settings(settings: dict, rules: dict) -> dict:
             want, minimum, maximum, nullable = (*rule, None, False)[:4]
             if value is None and nullable:
                 continue
-            number = isinstance(value, int if want is int else (int, float)) and not isinstance(value, bool)
-            ok = number and math.isfinite(value) and minimum <= value <= (math.inf if maximum is None else maximum)
+            ok = _number(value, want is int) and minimum <= value <= (math.inf if maximum is None else maximum)
             kind = f"{'an integer' if want is int else 'a number'} " + (
                 f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
             )
