@@ -232,8 +232,6 @@ def _setting(text: str) -> tuple[str, object]:
         raise DataError(f"--index-setting {text!r}: use NAME=VALUE")
     if value.lower() in ("true", "false"):
         return name.strip(), value.lower() == "true"
-    if value.lower() in ("null", "none"):
-        return name.strip(), None
     for cast in (int, float):
         try:
             return name.strip(), cast(value)

@@ -287,6 +287,16 @@ def test_clean_errors(tmp_path, docs, tiny_model_dir, capsys):
         (["--corpus", str(corpus), "-c", "c", "--server", "127.0.0.1:1", "--ray"], "--ray writes a local --data-dir"),
         (["--corpus", str(corpus), "-c", "c", "--data-dir", str(tmp_path / "d"), "--buffer", "0"], "--buffer must be"),
         ([], "give --corpus PATH"),
+        (
+            ["--corpus", str(corpus), "-c", "c", "--data-dir", str(tmp_path / "d"), *model]
+            + ["--index-setting", "max_segments=eight"],
+            "index setting max_segments must be an integer >= 1, got 'eight'",
+        ),
+        (
+            ["--corpus", str(corpus), "-c", "c", "--data-dir", str(tmp_path / "d"), *model]
+            + ["--index-setting", "ncentroids=0"],
+            "ncentroids must be an integer >= 1 or null",
+        ),
     ]
     (tmp_path / "notes.txt").write_text("x")
     cases.append(
@@ -379,3 +389,4 @@ def test_ray_missing_is_a_clean_error(tmp_path, docs, tiny_model_dir, capsys, mo
     )
     assert code == 2 and "--ray needs Ray Data: pip install 'tessera[ray]'" in err and "Traceback" not in err
     assert not (tmp_path / "d").exists()  # checked before anything is created
+
