@@ -190,3 +190,16 @@ def test_close_can_cancel_background_retraining(tmp_path, corpus, doc_ids):
     assert not index.stats()["retraining"] and index.last_retrain_error is None
     assert index.snapshot.codec is small
     assert MultiVectorIndex.open(tmp_path / "idx").snapshot.codec.ncentroids == small.ncentroids
+
+
+def test_a_young_index_keeps_its_originals_on_disk_and_grows_after_reopening(tmp_path, corpus, doc_ids):
+    index = MultiVectorIndex.create(tmp_path / "idx", corpus.docs.dim, kmeans_niter=4)
+    index.add(doc_ids[:20], corpus.docs.select(range(20)))
+    index.close()
+    index = MultiVectorIndex.open(tmp_path / "idx")
+    assert all(s.vectors is not None for s in index.snapshot.segments)  # memory-mapped from the segment file
+    small = index.snapshot.codec
+    index.add(doc_ids[20:200], corpus.docs.select(range(20, 200)))
+    index.wait_for_maintenance()
+    assert index.snapshot.codec is not small and index.snapshot.codec.trained_on == index.stats()["vectors"]
+    index.close()
