@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--keep-vectors", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256, help="documents per add in the batched scenario")
+    ap.add_argument("--seed", type=int, default=0, help="the indexes' seed (k-means, sampling)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = bench.load_encoded(args.data, args.model, args.split, args.cache)
@@ -48,14 +49,14 @@ def main() -> None:
     first, second = perm[: n // 2], perm[n // 2 :]
     out = {}
     t0 = time.perf_counter()
-    fresh = MultiVectorIndex.create(None, data.docs.dim, keep_vectors=args.keep_vectors)
+    fresh = MultiVectorIndex.create(None, data.docs.dim, keep_vectors=args.keep_vectors, seed=args.seed)
     fresh.add(data.doc_ids, data.docs)
     out["fresh"] = {**evaluate(fresh, data, truth), "build_s": round(time.perf_counter() - t0, 1)}
     del fresh
     for retrain in (False, True):
         t0 = time.perf_counter()
         index = MultiVectorIndex.create(
-            None, data.docs.dim, keep_vectors=args.keep_vectors, auto_retrain=retrain
+            None, data.docs.dim, keep_vectors=args.keep_vectors, seed=args.seed, auto_retrain=retrain
         )
         index.add([data.doc_ids[i] for i in first], data.docs.select(first))
         index.add([data.doc_ids[i] for i in second], data.docs.select(second))
@@ -71,7 +72,7 @@ def main() -> None:
     for retrain in (False, True):
         t0 = time.perf_counter()
         index = MultiVectorIndex.create(
-            None, data.docs.dim, keep_vectors=args.keep_vectors, auto_retrain=retrain
+            None, data.docs.dim, keep_vectors=args.keep_vectors, seed=args.seed, auto_retrain=retrain
         )
         retrainings = 0
         for start in range(0, n, args.batch):
