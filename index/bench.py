@@ -128,14 +128,20 @@ def _recall(hits, truth, k: int) -> float:
     return got / (k * len(truth))
 
 
-def _ir_metrics(hits, data: BenchData) -> dict:
+def ir_metrics(run: dict, qrels: dict) -> dict:
+    """nDCG@10, MAP@100 and judged recall@100 of ``run`` ({query: {doc: score}}) over its queries that
+    have judgements in ``qrels`` (NaN when none has)."""
     import ir_measures
     from ir_measures import AP, R, nDCG
 
-    run = {q: {h.id: h.score for h in row} for q, row in zip(data.query_ids, hits, strict=True)}
-    qrels = {q: data.qrels.get(q, {}) for q in data.query_ids if data.qrels.get(q)}
-    res = ir_measures.calc_aggregate([nDCG @ 10, AP @ 100, R @ 100], qrels, run)
+    judged = {q: qrels[q] for q in run if qrels.get(q)}
+    res = ir_measures.calc_aggregate([nDCG @ 10, AP @ 100, R @ 100], judged, {q: run[q] for q in judged})
     return {"ndcg@10": res[nDCG @ 10], "map@100": res[AP @ 100], "judged_recall@100": res[R @ 100]}
+
+
+def _ir_metrics(hits, data: BenchData) -> dict:
+    run = {q: {h.id: h.score for h in row} for q, row in zip(data.query_ids, hits, strict=True)}
+    return ir_metrics(run, data.qrels)
 
 
 class _Engine:

@@ -248,7 +248,7 @@ class MultiVectorIndex:
     def stats(self) -> dict:
         snap = self._snap
         codec = snap.codec
-        live_vectors = int((snap.lengths_all * snap.alive_all).sum()) if snap.segments else 0
+        live_vectors = sum(snap.live_vectors)
         stored = sum(s.n_vectors for s in snap.segments)
         mem = sum(s.nbytes for s in snap.segments)
         full = sum(s.full_nbytes for s in snap.segments)
@@ -493,9 +493,7 @@ class MultiVectorIndex:
         """After an add: merge the newest segments as ``merge_run`` says, and drop segments whose
         documents are all deleted."""
         snap = self._snap
-        live = [
-            int(seg.lengths[a.to(seg.lengths.device)].sum()) for seg, a in zip(snap.segments, snap.alive, strict=True)
-        ]
+        live = snap.live_vectors
         start = merge_run(live, self.settings["merge_ratio"], self.settings["max_segments"])
         dead = [s for s in range(start) if not snap.alive[s].any()]  # dropped, nothing to rewrite
         run = list(range(start, len(live))) if start < len(live) - 1 else []
@@ -537,7 +535,7 @@ class MultiVectorIndex:
         Only when every segment with live documents keeps its originals: re-encoding decompressed
         vectors adds a second quantisation error (on SciFact, two such re-trainings over an ingest in
         batches of 256 documents cost 1.2 nDCG@10 points more than never re-training)."""
-        live = int((snap.lengths_all * snap.alive_all).sum()) + extra
+        live = sum(snap.live_vectors) + extra
         if live <= self.settings["retrain_growth"] * codec.trained_on:
             return False
         return all(seg.vectors is not None for seg, a in zip(snap.segments, snap.alive, strict=True) if a.any())

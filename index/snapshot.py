@@ -54,6 +54,16 @@ class Snapshot:
             self.cache["lengths_all"] = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         return self.cache["lengths_all"]
 
+    @property
+    def live_vectors(self) -> list[int]:
+        """Vectors of the live documents of each segment."""
+        if "live_vectors" not in self.cache:
+            self.cache["live_vectors"] = [
+                int(seg.lengths[a.to(seg.lengths.device)].sum())
+                for seg, a in zip(self.segments, self.alive, strict=True)
+            ]
+        return self.cache["live_vectors"]
+
     def global_index(self, ids: Collection[str]) -> torch.Tensor:
         """Global numbers of the given ids that exist (unknown ids are skipped)."""
         bases = self.bases.tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -197,13 +198,10 @@ def run_service_benchmark(
 
 def _ndcg10(run: dict, qrels: dict) -> float | None:
     """nDCG@10 of the served results over the queries that have judgements (None without any)."""
-    import ir_measures
-    from ir_measures import nDCG
+    from tessera.index.bench import ir_metrics
 
-    judged = {q: qrels[q] for q in run if qrels.get(q)}
-    if not judged:
-        return None
-    return round(ir_measures.calc_aggregate([nDCG @ 10], judged, {q: run[q] for q in judged})[nDCG @ 10], 4)
+    ndcg = ir_metrics(run, qrels)["ndcg@10"]
+    return None if math.isnan(ndcg) else round(ndcg, 4)
 
 
 def format_report(r: dict) -> str:
