@@ -181,9 +181,10 @@ class CRISPModel(MultiVectorModel):
         """One document's kept vectors [n, dim] -> its representatives; their token id is -1."""
         if vectors.shape[0] == 0:
             return vectors, token_ids
-        reps, mask = self.cluster_documents(vectors[None], torch.ones(1, vectors.shape[0], dtype=torch.bool))
+        keep = torch.ones(1, vectors.shape[0], dtype=torch.bool, device=vectors.device)
+        reps, mask = self.cluster_documents(vectors[None], keep)
         reps = reps[0][mask[0]]
-        return reps, torch.full((reps.shape[0],), -1, dtype=torch.int32)
+        return reps, torch.full((reps.shape[0],), -1, dtype=torch.int32, device=token_ids.device)
 
 
 class CRISPObjective(ColBERTObjective):
@@ -223,8 +224,9 @@ def posthoc_kmeans(vectors: torch.Tensor, k: int, iters: int = 4) -> torch.Tenso
     n = vectors.shape[0]
     if n == 0:
         return vectors
-    k_t = torch.tensor([min(k, n)])
-    reps, mask = cluster(vectors[None].float(), torch.ones(1, n, dtype=torch.bool), k_t, iters)
+    k_t = torch.tensor([min(k, n)], device=vectors.device)
+    valid = torch.ones(1, n, dtype=torch.bool, device=vectors.device)
+    reps, mask = cluster(vectors[None].float(), valid, k_t, iters)
     return reps[0][mask[0]]
 
 

@@ -39,7 +39,7 @@ def model_rankings(encoder, corpus: dict[str, Document], queries: dict[str, str]
                                     progress=True, desc="mining negatives")
     qids = list(queries)
     q = encoder.encode_queries([queries[x] for x in qids])
-    _, idx = maxsim_topk(q, docs, depth)
+    _, idx = maxsim_topk(q, docs, depth, device=encoder.device)
     encoder.model.train(was_training)
     return {qid: [doc_ids[i] for i in row] for qid, row in zip(qids, idx.tolist(), strict=False)}
 

@@ -101,6 +101,10 @@ def _read_teacher(path: str) -> dict[tuple[str, str], float]:
     return scores
 
 
+# Settings a resumed run may change: where things are and how fast they run, not what is trained.
+RESUME_MAY_CHANGE = frozenset({"out", "data", "device", "amp", "threads", "save_every"})
+
+
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = c = config
@@ -204,8 +208,9 @@ class Trainer:
         tmp = self.out / "state.tmp"
         tmp.mkdir(exist_ok=True)
         save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
+        cuda_rng = torch.cuda.get_rng_state_all() if self.encoder.device.type == "cuda" else None
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                    "rng": torch.get_rng_state(), "cuda_rng": cuda_rng}, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "pools": pools_name}))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -232,10 +237,18 @@ class Trainer:
         with torch.no_grad():
             for n, t in tensors.items():
                 params[n].copy_(t)
-        opt = torch.load(self.state_dir / "optimizer.pt", weights_only=False)
+        # map to the CPU: a run saved on a GPU resumes anywhere (the optimiser moves its state to the params)
+        opt = torch.load(self.state_dir / "optimizer.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
         torch.set_rng_state(opt["rng"])
+        cuda_rng = opt.get("cuda_rng")
+        if self.encoder.device.type == "cuda":
+            if cuda_rng is not None and len(cuda_rng) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_rng)
+            else:  # saved on the CPU or on another number of GPUs: dropout and masks differ from here on
+                log.warning("%s: no CUDA random state for this machine's GPUs; the resumed run's random "
+                            "draws differ from an uninterrupted one's", self.state_dir)
         return int(state["step"]), state.get("pools")
 
     # -- negatives ----------------------------------------------------------------------------------
@@ -286,6 +299,7 @@ class Trainer:
 
     def train(self) -> Path:
         c = self.config
+        self._check_resumed_config()
         c.save(self.out / "train_config.json")
         random.seed(c.seed)
         np.random.seed(c.seed)
@@ -298,7 +312,8 @@ class Trainer:
         current_pool = None
         model = self.encoder.model
         model.train()
-        use_amp = c.amp and self.encoder.device.type == "cuda"
+        amp_dtype = self._amp_dtype()
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {c.objective}", unit="step", dynamic_ncols=True)
         t0, docs_seen = time.time(), 0
         for step in range(start, self.total_steps):
@@ -311,12 +326,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             logs: dict[str, float] = {}
             for batch in self._batches_for_step(step):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                with torch.autocast(self.encoder.device.type, dtype=amp_dtype or torch.bfloat16,
+                                    enabled=amp_dtype is not None):
                     loss, logs = self.objective.loss(self.encoder, batch)
-                (loss / c.grad_accum).backward()
+                scaler.scale(loss / c.grad_accum).backward()
                 docs_seen += len(batch.docs)
+            scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
-            self.optimizer.step()
+            scaler.step(self.optimizer)
+            scaler.update()
             self.scheduler.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", docs_s=f"{docs_seen / max(1e-9, time.time() - t0):.1f}",
@@ -325,6 +343,29 @@ class Trainer:
                 self._save_state(step + 1, current_pool)
         bar.close()
         return self._finish()
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``--amp``: bf16 on GPUs that have it, else fp16 (with loss scaling);
+        None without ``--amp`` or off CUDA (said once: CPU autocast is slower than fp32 on most CPUs)."""
+        if not self.config.amp:
+            return None
+        if self.encoder.device.type != "cuda":
+            log.warning("--amp applies to CUDA devices only; training in fp32 on %s", self.encoder.device)
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _check_resumed_config(self) -> None:
+        """Refuse to resume a run in OUT with settings other than those it was started with."""
+        saved = self.out / "train_config.json"
+        resuming = any((d / "trainer_state.json").is_file() for d in (self.state_dir, self.out / "state.old"))
+        if not (resuming and saved.is_file()):
+            return
+        before, now = json.loads(saved.read_text()), asdict(self.config)
+        changed = [k for k in now if k in before and before[k] != now[k] and k not in RESUME_MAY_CHANGE]
+        if changed:
+            diffs = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise DataError(f"{self.out} holds a run started with other settings ({diffs}); resume it with "
+                            f"the same flags, or train into a new --out")
 
     def _finish(self) -> Path:
         """Write the final model in Tessera's format to OUT/model."""

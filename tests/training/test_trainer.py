@@ -1,6 +1,7 @@
 """The shared trainer on a tiny random BERT and a tiny BEIR folder."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -161,3 +162,58 @@ def test_bad_training_input_is_a_clear_error(tmp_path, tiny_bert_dir):
         Trainer(config(tmp_path, tiny_bert_dir, objective="nope"))
     with pytest.raises(DataError, match="no qrels for split"):
         Trainer(config(tmp_path, tiny_bert_dir, split="dev"))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAtStep2(Trainer):
+    """A run that stops right after step 2's state is saved, as a kill would."""
+
+    def _save_state(self, step, pools_name):
+        super()._save_state(step, pools_name)
+        if step == 2:
+            raise _Killed
+
+
+OBJECTIVE_FLAGS = {"xtr": {"objective": "xtr", "k_train": 8}, "crisp": {"objective": "crisp", "crisp": "C2x4"}}
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVE_FLAGS))
+def test_objectives_are_seeded_and_resume_where_an_uninterrupted_run_ends(tmp_path, tiny_bert_dir, objective):
+    kw = dict(OBJECTIVE_FLAGS[objective], max_steps=4, save_every=1)
+    full = Trainer(config(tmp_path / "full", tiny_bert_dir, **kw)).train()
+    again = Trainer(config(tmp_path / "again", tiny_bert_dir, **kw)).train()
+    cfg = config(tmp_path / "killed", tiny_bert_dir, **kw)
+    with pytest.raises(_Killed):
+        _DiesAtStep2(cfg).train()
+    resumed = Trainer(cfg).train()
+    weights = [load_file(str(p / "projection.safetensors"))["weight"] for p in (full, again, resumed)]
+    torch.testing.assert_close(weights[1], weights[0])
+    torch.testing.assert_close(weights[2], weights[0], atol=1e-6, rtol=1e-5)
+    start = Trainer(config(tmp_path / "start", tiny_bert_dir, **kw)).encoder.model.linear.weight
+    assert (weights[0] - start).abs().max() > 1e-4  # it trained: equal weights are not trivially equal
+    meta = json.loads((full / "tessera.json").read_text())
+    assert meta["training"]["objective"] == objective and meta["training"]["max_steps"] == 4
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny_bert_dir):
+    kw = dict(max_steps=4, save_every=1)
+    with pytest.raises(_Killed):
+        _DiesAtStep2(config(tmp_path, tiny_bert_dir, **kw)).train()
+    with pytest.raises(DataError, match=r"other settings \(lr: 0.001 -> 0.002\).*new --out"):
+        Trainer(config(tmp_path, tiny_bert_dir, **kw, lr=2e-3)).train()
+    assert json.loads((tmp_path / "out" / "train_config.json").read_text())["lr"] == 1e-3  # kept
+    # where and how often it saves may change
+    path = Trainer(config(tmp_path, tiny_bert_dir, max_steps=4, save_every=3)).train()
+    assert (path / "tessera.json").is_file()
+
+
+def test_amp_off_cuda_says_so_and_trains_in_fp32(tmp_path, tiny_bert_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="tessera.training.trainer"):
+        amp = Trainer(config(tmp_path / "amp", tiny_bert_dir, amp=True)).train()
+    assert "--amp applies to CUDA devices only" in caplog.text
+    fp32 = Trainer(config(tmp_path / "fp32", tiny_bert_dir)).train()
+    a, b = (load_file(str(p / "projection.safetensors"))["weight"] for p in (amp, fp32))
+    torch.testing.assert_close(a, b)
