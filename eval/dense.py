@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tessera.errors import ModelError
+from tessera.training.checkpoints import without_hub_kernels
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -48,6 +49,7 @@ class MeanPoolingEncoder:
                 self.model = AutoModel.from_pretrained(path, add_pooling_layer=False)
             except TypeError:
                 self.model = AutoModel.from_pretrained(path)
+            without_hub_kernels(self.model)
         except OSError as exc:
             raise ModelError(f"cannot load {path}: {exc}") from None
         self.device = torch.device(device)

@@ -320,8 +320,10 @@ class MultiVectorIndex:
         stats: dict = {"method": method}
         if snap.codec is None or not snap.locations or q.shape[0] == 0:
             return [[] for _ in range(q.shape[0])], stats
-        mask = snap.mask(allowed_ids)
-        q = q.to(snap.codec.device)
+        dev = snap.codec.device  # queries and weights on the index's device; the mask, like all global
+        mask, q = snap.mask(allowed_ids), q.to(dev)  # document numbering, stays on the CPU
+        if query_weights is not None:
+            query_weights = query_weights.to(dev)
         scores, gidx = impl.search(snap, q, k, params, mask, query_weights=query_weights, stats=stats)
         return self._hits(snap, scores, gidx), stats
 
@@ -421,6 +423,8 @@ class MultiVectorIndex:
     def add(self, ids: Sequence[str], docs: PackedDocuments) -> None:
         """Add documents; an id that already exists is replaced (upsert)."""
         self._check_open()
+        if isinstance(docs, PackedDocuments):
+            docs = docs.to("cpu")  # encoded on any device; segments are built on the CPU, then moved
         ids = check_documents(ids, docs, self.dim)
         if not ids:
             return

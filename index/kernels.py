@@ -87,8 +87,8 @@ def select_candidates(
             n_docs, cand.data_ptr(), rowmap.data_ptr(),
         )  # fmt: skip
         return cand[:n], rowmap
-    dev = allowed.device
-    off = ivf_offsets.to(dev)
+    dev = ivf_offsets.device  # the segment's device; results there
+    off, cells, allowed = ivf_offsets, cells.to(dev), allowed.to(dev)
     mark = torch.zeros(n_docs, dtype=torch.bool, device=dev)
     mark[ivf_docs.to(dev)[ranges(off[cells], off[cells + 1] - off[cells])].long()] = True
     cand = (mark & allowed).nonzero().flatten()

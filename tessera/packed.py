@@ -40,6 +40,13 @@ class PackedDocuments:
         """Start of each document in the flat arrays ([N+1], last entry = total tokens)."""
         return torch.nn.functional.pad(torch.cumsum(self.lengths, 0), (1, 0))
 
+    def to(self, device: str | torch.device) -> PackedDocuments:
+        """The same documents on ``device`` (itself when already there)."""
+        dev = torch.device(device)
+        if self.vectors.device.type == dev.type and self.lengths.device.type == dev.type:
+            return self
+        return PackedDocuments(self.vectors.to(dev), self.token_ids.to(dev), self.lengths.to(dev))
+
     def doc(self, i: int) -> torch.Tensor:
         off = self.offsets
         return self.vectors[off[i] : off[i + 1]]

@@ -61,6 +61,15 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def without_hub_kernels(model):
+    """``model`` with transformers' hub kernels off. transformers 5 turns them on by default when the
+    ``kernels`` package is installed; on a GPU they swap layers for kernels fetched from the Hugging Face
+    Hub when the model is moved or switched to training, which needs the network and changes numerics."""
+    if getattr(model, "use_kernels", False):
+        model.use_kernels = False
+    return model
+
+
 def load_backbone(name: str, masked_lm: bool = False):
     """(backbone model, tokenizer) from a folder or hub id, without any pooling head (with its masked-LM
     head when ``masked_lm``; a head missing from the checkpoint is initialised at random)."""
@@ -79,7 +88,7 @@ def load_backbone(name: str, masked_lm: bool = False):
                     model = AutoModel.from_pretrained(path)
     except OSError as exc:
         raise ModelError(f"cannot load backbone {name!r}: {exc}") from None
-    return model, tokenizer
+    return without_hub_kernels(model), tokenizer
 
 
 def build_encoder(backbone, tokenizer, config: EncoderConfig, device: str = "cpu"):

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import string
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from tessera.errors import ModelError
+from tessera.training.checkpoints import quiet_transformers, without_hub_kernels
 from tessera.training.config import EncoderConfig
 from tessera.training.encoder import Encoder, MultiVectorModel
 
@@ -265,26 +265,13 @@ def _build(
         raise ModelError(f"{path}: {exc}") from None
 
 
-@contextmanager
-def _quiet_transformers():
-    """Hide transformers' load report (unexpected ``linear.weight``/pooler keys are expected here)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def _load_backbone(folder: Path):
     """(backbone in fp32 without pooler, tokenizer); every backbone weight must come from the folder."""
     from transformers import AutoModel, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model, info = AutoModel.from_pretrained(
                     folder, add_pooling_layer=False, output_loading_info=True
@@ -296,7 +283,7 @@ def _load_backbone(folder: Path):
     missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k)
     if missing:
         raise ModelError(f"{folder}: backbone weights missing from the checkpoint: {', '.join(missing[:5])}")
-    return model.float(), tokenizer
+    return without_hub_kernels(model.float()), tokenizer
 
 
 def _read_json(file: Path):

@@ -201,3 +201,28 @@ def test_posthoc_ratio_and_errors(beir_dir, tmp_path, monkeypatch, tiny_checkpoi
 
     with pytest.raises(DataError, match="unknown CRISP variant"):
         evaluate(beir_dir, str(tiny_checkpoint), posthoc="K9", use_cache=False)
+
+
+EVAL_ON_DEVICE = [
+    ("tiny", {"method": "exact"}),
+    ("tiny", {"method": "plaid"}),
+    ("tiny", {"method": "xtr"}),
+    ("tiny", {"method": "prf"}),
+    ("tiny", {"method": "exact", "posthoc": "C2x3"}),
+    ("crisp", {"method": "plaid"}),
+    ("dense", {"method": "exact"}),
+    ("tiny", {"method": "dupmae+rerank", "first_stage": "dense"}),
+]
+
+
+@pytest.mark.parametrize("model,kwargs", EVAL_ON_DEVICE, ids=lambda x: x if isinstance(x, str) else "-".join(
+    str(v) for v in x.values()))
+def test_evaluation_on_cuda_scores_as_on_the_cpu(beir_dir, tiny_checkpoint, crisp_checkpoint, dense_checkpoint,
+                                                  model, kwargs, cuda):
+    """``tessera eval --device cuda``: encoders, indexes and baselines on the GPU give the CPU's figures."""
+    paths = {"tiny": tiny_checkpoint, "crisp": crisp_checkpoint, "dense": dense_checkpoint}
+    kwargs = {k: str(paths[v]) if k == "first_stage" else v for k, v in kwargs.items()}
+    on_gpu = evaluate(beir_dir, str(paths[model]), k=100, use_cache=False, device=cuda, **kwargs)
+    on_cpu = evaluate(beir_dir, str(paths[model]), k=100, use_cache=False, device="cpu", **kwargs)
+    for metric in ("ndcg@10", "recall@100"):
+        assert on_gpu[metric] == pytest.approx(on_cpu[metric], abs=0.02), metric
