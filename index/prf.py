@@ -72,9 +72,10 @@ def expansion(
     km = faiss.Kmeans(fb_vectors.shape[1], k, niter=20, seed=0, verbose=False, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(fb_vectors.float().cpu().numpy()))
     cents = torch.from_numpy(km.centroids.copy()).to(fb_vectors.device)
-    # the token id most frequent among each centroid's nearest index vectors
+    # the token id most frequent among each centroid's nearest index vectors: those of its 4 nearest
+    # cells (as ColBERT-PRF asks its ANN index), by the stored originals where the index keeps them
     S = cents @ snap.codec.centroids.T
-    tok, _, sim, tids = retrieve(snap, cents, S, 4, snap.alive_all, {}, with_token_ids=True)
+    tok, _, sim, tids = retrieve(snap, cents, S, 4, snap.alive_all, {}, with_token_ids=True, exact_tokens=True)
     idf = token_idf(snap).to(cents.device)
     weights = torch.zeros(k, device=cents.device)
     for c in range(k):  # k is tiny (24)

@@ -67,3 +67,38 @@ def test_prf_rejects_bad_mode(built, queries):
     with pytest.raises(ValueError, match="positive int"):
         built.search(queries[0], k=10, method="prf", params={"fb_docs": 0})
     assert torch.is_tensor(prf.token_idf(built.snapshot))
+
+
+def test_expansion_maps_each_centroid_to_its_neighbours_most_frequent_token(corpus, doc_ids):
+    """Against a brute-force reference: with 4 centroids the 4-cell probe reaches every stored vector,
+    so each feedback centroid's 10 nearest index vectors are exact."""
+    import faiss
+
+    assert {k: prf.DEFAULTS[k] for k in ("fb_docs", "fb_k", "fb_embs", "beta", "neighbours")} == {
+        "fb_docs": 3, "fb_k": 24, "fb_embs": 10, "beta": 1.0, "neighbours": 10}  # the issue's defaults
+    docs = corpus.docs.select(range(80))
+    index = build(docs, doc_ids[:80], keep_vectors=True, ncentroids=4)
+    snap = index.snapshot
+    fb = docs.select([0, 1, 2]).vectors.float()
+    p = {**prf.DEFAULTS, "beta": 0.5}
+    emb, weights = prf.expansion(snap, fb, p, {})
+    km = faiss.Kmeans(fb.shape[1], 24, niter=20, seed=0, verbose=False, min_points_per_centroid=1)
+    km.train(fb.numpy())
+    idf = prf.token_idf(snap)
+    vectors, tokens = docs.vectors.float(), docs.token_ids.tolist()
+    expected = []
+    for c in torch.from_numpy(km.centroids):
+        near = (vectors @ c).topk(10).indices.tolist()
+        counts: dict[int, int] = {}
+        for i in near:
+            counts[tokens[i]] = counts.get(tokens[i], 0) + 1
+        top = max(counts.values())
+        token = min(t for t, n in counts.items() if n == top)  # ties: the smallest id, as torch.mode
+        expected.append((float(idf[token]), c))
+    assert len(emb) == 10
+    best = sorted((w for w, _ in expected), reverse=True)[:10]  # the 10 highest IDFs (ties: any of them)
+    assert sorted(weights.tolist(), reverse=True) == pytest.approx([0.5 * w for w in best], rel=1e-5)
+    cents = torch.stack([c for _, c in expected])
+    for row, weight in zip(emb, weights.tolist(), strict=True):  # each is a centroid, weighted beta * its IDF
+        dist, j = torch.cdist(row[None], cents)[0].min(0)
+        assert dist < 1e-4 and weight == pytest.approx(0.5 * expected[int(j)][0], rel=1e-5)
