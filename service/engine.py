@@ -479,15 +479,13 @@ class Engine:
         self._sync_segments(live)
 
     def _sync_segments(self, live: _Live) -> None:
-        snap = getattr(live.index, "snapshot", None)
-        segs = []
-        if snap is not None:
-            gen = int(live.index.stats().get("generation", 0))
-            for seg, alive in zip(snap.segments, snap.alive, strict=True):
-                mask = alive.bool()
-                docs = int(mask.sum())
-                vectors = int(seg.lengths[mask].sum()) if hasattr(seg, "lengths") else int(seg.n_vectors)
-                segs.append(SegmentRecord(seg.name, docs, vectors, gen))
+        """Record the index's segments (live documents and vectors of each) in the store."""
+        snap = live.index.snapshot
+        gen = int(live.index.stats().get("generation", 0))
+        segs = [
+            SegmentRecord(seg.name, int(alive.sum()), vectors, gen)
+            for seg, alive, vectors in zip(snap.segments, snap.alive, snap.live_vectors, strict=True)
+        ]
         self.store.replace_segments(live.id, segs)
 
     def delete(
