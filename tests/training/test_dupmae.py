@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer import _DiesAtStep2, _Killed, make_beir
 from test_trainer import config as train_config
-from test_trainer import make_beir
 
 from tessera.errors import DataError
 from tessera.training.checkpoints import load_encoder, new_encoder, save_checkpoint
@@ -340,17 +340,6 @@ def test_dense_objectives_refuse_multivector_checkpoints(tmp_path, tiny_bert_dir
     for objective in ("dense", "dupmae"):
         with pytest.raises(DataError, match="DupMAE model"):
             Trainer(train_config(tmp_path, tiny_bert_dir, objective=objective, init=str(init)))
-
-
-class _Killed(Exception):
-    pass
-
-
-class _DiesAtStep2(Trainer):
-    def _save_state(self, step, pools_name):
-        super()._save_state(step, pools_name)
-        if step == 2:
-            raise _Killed
 
 
 def test_pretraining_resumes_with_its_decoder(tmp_path, tiny_bert_dir):
