@@ -228,3 +228,26 @@ def test_posthoc_documents_batches_the_per_document_baseline():
             torch.testing.assert_close(out.doc(j).float(), expected.half().float())
     with pytest.raises(DataError, match="unknown CRISP variant"):
         ClusterSpec.parse("X3")
+
+
+def test_crisp_objective_scores_match_naive_kmeans_and_maxsim(tiny_encoder):
+    """The objective's in-batch scores against plain Python: Lloyd on each text's vectors, then MaxSim
+    between the query's and each document's cluster means (empty clusters left out)."""
+    enc = _crisp_encoder(tiny_encoder, "C2x3")
+    obj = CRISPObjective("C2x3")
+    batch = Batch.from_examples([Example("cancer cells in blood", ["cancer cells in mice", "dog"], ["a", "b"], {"a"}),
+                                 Example("a red fish", ["red fish and blue sun over water", "sun"], ["c", "d"], {"c"})])
+    enc.model.eval()
+    with torch.no_grad():
+        scores = obj.scores(enc, batch)
+        q = enc.query_forward(*enc.tokenize_queries(batch.queries))
+        d, keep = enc.document_forward(*enc.tokenize_documents(batch.docs))
+    iters = obj.spec.iters
+    want = torch.zeros(len(batch.queries), len(batch.docs))
+    for i in range(len(batch.queries)):
+        _, q_means = _naive_kmeans(q[i], 2, iters)
+        for j in range(len(batch.docs)):
+            _, d_means = _naive_kmeans(d[j][keep[j]], 3, iters)
+            want[i, j] = sum(max(sum(a * b for a, b in zip(qm, dm, strict=True)) for dm in d_means.values())
+                             for qm in q_means.values())
+    torch.testing.assert_close(scores, want, atol=1e-4, rtol=1e-4)

@@ -367,3 +367,17 @@ def test_dupmae_and_dense_losses_run_under_bf16_autocast(dense):
         loss = pre.loss(dense, batch)[0] + DenseObjective(bow_dim=16, bow_topk=5).loss(dense, batch)[0]
     loss.backward()
     assert torch.isfinite(loss) and dense.model.linear.weight.grad.abs().sum() > 0
+
+
+def test_pretraining_loss_adds_the_three_losses_with_the_bow_weight(dense):
+    obj = DupMAEObjective(bow_dim=16, bow_topk=5, bow_weight=0.1)
+    obj.prepare(dense)
+    dense.model.eval()  # no dropout: the same random masks give the same losses
+    batch = Batch.from_examples([Example("q", [t], [str(i)], {str(i)}) for i, t in enumerate(TEXTS)])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        parts = obj.losses(dense, TEXTS)
+        torch.manual_seed(5)
+        loss, logs = obj.loss(dense, batch)
+    assert loss.item() == pytest.approx((parts["mlm"] + parts["dec"] + 0.1 * parts["bow"]).item(), rel=1e-6)
+    assert logs == pytest.approx({k: v.item() for k, v in parts.items()}, rel=1e-6)
