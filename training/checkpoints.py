@@ -62,9 +62,10 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def without_hub_kernels(model):
-    """``model`` with transformers' hub kernels off. transformers 5 turns them on by default when the
-    ``kernels`` package is installed; on a GPU they swap layers for kernels fetched from the Hugging Face
-    Hub when the model is moved or switched to training, which needs the network and changes numerics."""
+    """``model`` with transformers' hub kernels off. transformers 5 turns them on by default (the
+    ``kernels`` package comes with it); for a CUDA model, ``train()``/``eval()`` then swap layers (GELU,
+    ...) for kernels downloaded from the Hugging Face Hub: offline, a network wait and a warning;
+    online, other layers than the ones Tessera was tested with."""
     if getattr(model, "use_kernels", False):
         model.use_kernels = False
     return model
