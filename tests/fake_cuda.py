@@ -142,29 +142,24 @@ class FakeCuda(TorchFunctionMode):
 
     @staticmethod
     def _to(func, args, kwargs):
+        """``.cuda()`` / ``.cpu()`` / ``.to(...)``: the CPU copy or cast, marked for the device asked for."""
         src = args[0]
         if func is _T.cuda:
-            found, cuda = True, True
-            args, kwargs = args[:1], {}
-            call = _T.clone
-        elif func is _T.cpu:
-            found, cuda = True, False
-            call = _T.cpu
+            return _mark(src.clone(), True)
+        if func is _T.cpu:
+            return _mark(src.clone(), False) if on_cuda(src) else src
+        found, cuda = _target(args, kwargs)
+        other = next((a for a in (*args[1:], kwargs.get("device")) if isinstance(a, torch.Tensor)), None)
+        if other is not None:  # .to(other): the device and dtype of ``other``
+            args, kwargs = (src, other.dtype), {k: v for k, v in kwargs.items() if k != "device"}
         else:
-            found, cuda = _target(args, kwargs)
-            call = _T.to
-            if found:
-                if isinstance(kwargs.get("device"), torch.Tensor) or any(isinstance(a, torch.Tensor) for a in args[1:]):
-                    other = kwargs.get("device") if isinstance(kwargs.get("device"), torch.Tensor) else next(
-                        a for a in args[1:] if isinstance(a, torch.Tensor))
-                    # .to(other): device and dtype of ``other``
-                    args, kwargs = (src, other.dtype), {k: v for k, v in kwargs.items() if k != "device"}
-                else:
-                    args, kwargs = _to_cpu_args(args, kwargs)
-        out = call(*args, **kwargs) if call is not _T.clone else src.clone()
-        if not found:  # dtype only: stays where it is
-            return _mark(out, on_cuda(src)) if out is not src else out
-        if out is src and on_cuda(src) != cuda:
+            args, kwargs = _to_cpu_args(args, kwargs)
+        out = _T.to(*args, **kwargs)
+        if not found:  # a dtype change stays where it is
+            cuda = on_cuda(src)
+        if out is src:
+            if on_cuda(src) == cuda:
+                return out
             out = src.clone()  # a real move makes a copy
         return _mark(out, cuda)
 
